@@ -1,0 +1,1 @@
+"""Benchmarks: accuracy of CoDream against baselines, secure aggregation cost."""

@@ -1,0 +1,368 @@
+"""Typed, validated run configuration.
+
+A run is described by a TOML file (or a preset shipped with the package) that is parsed into frozen
+dataclasses. Validation is declarative: every field carries its allowed range or choices in its
+metadata, so one walker checks every key and every error names the key and what is allowed. Unknown
+keys are errors too, because a misspelt key silently falling back to a default is the most
+common way to run the wrong experiment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from securedream.errors import ConfigError
+
+
+def _spec(
+    default: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    choices: Sequence[Any] | None = None,
+    item_choices: Sequence[Any] | None = None,
+    help: str = "",
+) -> Any:
+    """A dataclass field whose metadata describes what values are allowed."""
+    meta = {
+        "low": low,
+        "high": high,
+        "low_open": low_open,
+        "choices": tuple(choices) if choices is not None else None,
+        "item_choices": tuple(item_choices) if item_choices is not None else None,
+        "help": help,
+    }
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+METHODS = ("codream", "independent", "fedavg", "centralized")
+DATASETS = ("mnist5k", "digits", "mnist", "fashionmnist", "cifar10", "svhn")
+SPLITS = ("iid", "dirichlet", "disjoint")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = _spec("mnist5k", choices=DATASETS, help="dataset name")
+    root: str = _spec("", help="folder holding torchvision datasets (not used by mnist5k/digits)")
+    download: bool = _spec(False, help="allow torchvision to download into root")
+    test_size: int = _spec(1000, low=10, high=100_000, help="held-out test images (mnist5k/digits)")
+    split: str = _spec("dirichlet", choices=SPLITS, help="how the train pool is divided")
+    alpha: float = _spec(0.5, low=0.0, low_open=True, high=1e6, help="Dirichlet concentration")
+    samples_per_client: int = _spec(250, low=0, high=10_000_000, help="0 = divide the pool equally")
+    labels_per_client: int = _spec(2, low=1, high=1000, help="labels per client (split=disjoint)")
+
+
+@dataclass(frozen=True)
+class ClientsConfig:
+    count: int = _spec(4, low=1, high=1000, help="number of clients")
+    models: list[str] = _spec(["cnn-bn"], help="one model name for all, or one per client")  # noqa: RUF009
+    lr: float = _spec(0.05, low=0.0, low_open=True, high=10.0, help="local SGD learning rate")
+    momentum: float = _spec(0.9, low=0.0, high=0.999)
+    weight_decay: float = _spec(1e-4, low=0.0, high=1.0)
+    batch_size: int = _spec(32, low=1, high=65536)
+    local_epochs: int = _spec(2, low=0, high=10_000, help="local epochs per round")
+    warmup_epochs: int = _spec(0, low=0, high=10_000, help="local epochs before round 1")
+
+
+@dataclass(frozen=True)
+class DreamsConfig:
+    batch_size: int = _spec(128, low=1, high=100_000, help="dreams per batch (B)")
+    global_steps: int = _spec(100, low=1, high=1_000_000, help="aggregations per round (S)")
+    lr: float = _spec(0.05, low=0.0, low_open=True, high=100.0, help="server Adam lr on dreams")
+    init_std: float = _spec(1.0, low=0.0, low_open=True, high=100.0)
+    w_entropy: float = _spec(1.0, low=0.0, high=1e6)
+    w_tv: float = _spec(2.5e-5, low=0.0, high=1e6)
+    w_l2: float = _spec(3e-8, low=0.0, high=1e6)
+    w_bn: float = _spec(10.0, low=0.0, high=1e6)
+    w_diversity: float = _spec(0.0, low=0.0, high=1e6, help="DAFL batch-marginal entropy term")
+    local_steps: int = _spec(1, low=1, high=10_000, help="client Adam steps per aggregation")
+    local_lr: float = _spec(0.05, low=0.0, low_open=True, high=100.0)
+    server_update: str = _spec("fedavg", choices=("fedavg", "fedadam"), help="with local_steps>1")
+    snapshots: int = _spec(1, low=1, high=1_000_000, help="soft-label snapshots per round")
+    adaptive: bool = _spec(False, help="server student entropy-ascent term")
+    adaptive_from_round: int = _spec(10, low=1, high=1_000_000)
+    adaptive_weight: float = _spec(10.0, low=0.0, high=1e6)
+    server_model: str = _spec("cnn-bn", help="server student architecture (adaptive term)")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    every: int = _spec(1, low=1, high=1_000_000, help="distil every F rounds")
+    epochs: int = _spec(2, low=0, high=100_000, help="distillation epochs (E_kd)")
+    temperature: float = _spec(4.0, low=0.0, low_open=True, high=1000.0)
+    buffer_batches: int = _spec(3, low=1, high=100_000, help="FIFO size in dream batches")
+    batch_size: int = _spec(64, low=1, high=100_000)
+    lr: float = _spec(0.0, low=0.0, high=10.0, help="0 = use clients.lr")
+    kd_weight: float = _spec(1.0, low=0.0, high=1e6)
+    ce_weight: float = _spec(1.0, low=0.0, high=1e6)
+    clip_grad_norm: float = _spec(0.0, low=0.0, high=1e6, help="0 = no clipping")
+
+
+@dataclass(frozen=True)
+class BaselinesConfig:
+    fedavg_model: str = _spec("", help="architecture for FedAvg; empty = first client's model")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dream_grid: bool = _spec(True, help="write a PNG grid of dreams each round")
+    grid_images: int = _spec(64, low=1, high=1024)
+    checkpoint: bool = _spec(True, help="checkpoint after every round (needed for --resume)")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = _spec("run")
+    description: str = _spec("", help="one line shown by `securedream presets`")
+    seed: int = _spec(0, low=0, high=2**31 - 1)
+    device: str = _spec("cpu", choices=("cpu", "cuda", "auto"))
+    method: str = _spec("codream", choices=METHODS)
+    rounds: int = _spec(10, low=1, high=1_000_000)
+    data: DataConfig = field(default_factory=DataConfig)
+    clients: ClientsConfig = field(default_factory=ClientsConfig)
+    dreams: DreamsConfig = field(default_factory=DreamsConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def client_models(self) -> list[str]:
+        """Model name of each client (a single name applies to every client)."""
+        models = self.clients.models
+        return list(models) * self.clients.count if len(models) == 1 else list(models)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "clients": ClientsConfig,
+    "dreams": DreamsConfig,
+    "distill": DistillConfig,
+    "baselines": BaselinesConfig,
+    "output": OutputConfig,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsing and validation
+
+
+def _describe_range(meta: Mapping[str, Any]) -> str:
+    low, high = meta["low"], meta["high"]
+    left = "(" if meta["low_open"] else "["
+    return f"{left}{low}, {high}]"
+
+
+def _check_value(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
+    """Coerce and check one value; returns the value in its declared type."""
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"must be an integer in {_describe_range(meta)}, got {value!r}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"must be a number in {_describe_range(meta)}, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(key, f"must be finite, got {value!r}")
+    elif hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"must be a string, got {value!r}")
+    elif hint == list[str]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, f"must be a list of strings, got {value!r}")
+        if not value:
+            raise ConfigError(key, "must not be empty")
+        if meta["item_choices"] is not None:
+            for item in value:
+                if item not in meta["item_choices"]:
+                    raise ConfigError(key, f"{item!r} is not one of {list(meta['item_choices'])}")
+        return list(value)
+    if meta["choices"] is not None and value not in meta["choices"]:
+        raise ConfigError(key, f"must be one of {list(meta['choices'])}, got {value!r}")
+    low, high = meta["low"], meta["high"]
+    if low is not None and (value < low or (meta["low_open"] and value == low)):
+        raise ConfigError(key, f"must be in {_describe_range(meta)}, got {value!r}")
+    if high is not None and value > high:
+        raise ConfigError(key, f"must be in {_describe_range(meta)}, got {value!r}")
+    return value
+
+
+def _build_section(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(prefix.rstrip("."), f"must be a table, got {raw!r}")
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(
+            prefix + unknown[0], f"unknown key; allowed keys in this table: {sorted(known)}"
+        )
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        key = prefix + name
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            values[name] = _build_section(hint, value, key + ".")
+        else:
+            values[name] = _check_value(key, value, hint, known[name].metadata)
+    return cls(**values)
+
+
+def _validate_cross_fields(cfg: RunConfig) -> None:
+    """Rules that involve more than one key."""
+    models = cfg.clients.models
+    if len(models) not in (1, cfg.clients.count):
+        raise ConfigError(
+            "clients.models",
+            f"must list 1 model or one per client ({cfg.clients.count}), got {len(models)}",
+        )
+    from securedream.models import available_models  # local: models import torch
+
+    allowed = available_models()
+    for name in [*models, cfg.dreams.server_model]:
+        if name not in allowed:
+            raise ConfigError("clients.models", f"{name!r} is not one of {list(allowed)}")
+    if cfg.baselines.fedavg_model and cfg.baselines.fedavg_model not in allowed:
+        raise ConfigError(
+            "baselines.fedavg_model",
+            f"{cfg.baselines.fedavg_model!r} is not one of {list(allowed)}",
+        )
+    if cfg.dreams.snapshots > cfg.dreams.global_steps:
+        raise ConfigError(
+            "dreams.snapshots",
+            f"must be in [1, dreams.global_steps={cfg.dreams.global_steps}], "
+            f"got {cfg.dreams.snapshots}",
+        )
+    if cfg.data.dataset in ("mnist", "fashionmnist", "cifar10", "svhn") and not cfg.data.root:
+        raise ConfigError("data.root", f"is required for dataset {cfg.data.dataset!r}")
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
+    """Build and validate a RunConfig from parsed TOML (a nested dict)."""
+    cfg = _build_section(RunConfig, raw, "")
+    _validate_cross_fields(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("--config", f"file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from exc
+
+
+def load_config(path: str | Path) -> RunConfig:
+    return config_from_dict(_read_toml(path))
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("securedream") / "presets"
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_preset_dict(name: str) -> dict[str, Any]:
+    names = preset_names()
+    if name not in names:
+        raise ConfigError("--preset", f"unknown preset {name!r}; available: {names}")
+    text = (resources.files("securedream") / "presets" / f"{name}.toml").read_text("utf-8")
+    return tomllib.loads(text)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse one ``--set KEY=VALUE``; the value is read as TOML, falling back to a bare string."""
+    if "=" not in item:
+        raise ConfigError("--set", f"expected KEY=VALUE, got {item!r}")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError("--set", f"invalid key in {item!r}")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``--set`` overrides applied (validated later, as a whole)."""
+    result: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+    for item in overrides:
+        path, value = parse_override(item)
+        table = result
+        for part in path[:-1]:
+            if part not in SECTIONS and table is result:
+                raise ConfigError(
+                    ".".join(path), f"unknown table {part!r}; tables: {list(SECTIONS)}"
+                )
+            nested = table.setdefault(part, {})
+            if not isinstance(nested, dict):
+                raise ConfigError(".".join(path), f"{part!r} is not a table")
+            table = nested
+        table[path[-1]] = value
+    return result
+
+
+def resolve_config(
+    *,
+    config_path: str | Path | None = None,
+    preset: str | None = None,
+    overrides: Sequence[str] = (),
+) -> RunConfig:
+    """Preset (or file) first, then ``--set`` overrides; validated once at the end."""
+    if config_path is not None and preset is not None:
+        raise ConfigError("--config", "give either --config or --preset, not both")
+    raw = _read_toml(config_path) if config_path is not None else load_preset_dict(preset or "demo")
+    return config_from_dict(apply_overrides(raw, overrides))
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing the resolved config back out (a minimal TOML emitter for our flat value types)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def config_to_toml(cfg: RunConfig) -> str:
+    data = config_to_dict(cfg)
+    lines: list[str] = []
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    for key, value in data.items():
+        if key not in tables:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for name, table in tables.items():
+        lines.append("")
+        lines.append(f"[{name}]")
+        for key, value in table.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"

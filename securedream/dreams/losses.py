@@ -1,0 +1,89 @@
+"""The per-client dream objective L_k (DESIGN.md §2) and its parts.
+
+Each part is a small function so tests can check it against a direct computation, and so the metrics
+can log the size of each term: the balance between them decides whether dreams are useful (see
+ANCHORS.md calibration: at BN weight 10 the BN term dominates small CNNs by two orders of
+magnitude).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from securedream.dreams.bn_hooks import BatchNormStatistics
+
+
+@dataclass(frozen=True)
+class DreamLossWeights:
+    entropy: float = 1.0
+    tv: float = 2.5e-5
+    l2: float = 3e-8
+    bn: float = 10.0
+    diversity: float = 0.0
+
+
+def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of H(softmax(logits)); minimising it makes dreams confident."""
+    log_p = F.log_softmax(logits, dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1).mean()
+
+
+def batch_marginal_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """H of the batch-mean prediction (DAFL); maximising it spreads dreams over classes."""
+    mean_p = F.softmax(logits, dim=1).mean(dim=0)
+    return -(mean_p * torch.log(mean_p.clamp_min(1e-12))).sum()
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """DeepInversion's L2 total variation: norms of horizontal, vertical and both diagonal diffs."""
+    d1 = x[:, :, :, :-1] - x[:, :, :, 1:]
+    d2 = x[:, :, :-1, :] - x[:, :, 1:, :]
+    d3 = x[:, :, 1:, :-1] - x[:, :, :-1, 1:]
+    d4 = x[:, :, :-1, :-1] - x[:, :, 1:, 1:]
+    return sum(torch.linalg.vector_norm(d) for d in (d1, d2, d3, d4))  # type: ignore[return-value]
+
+
+def l2_prior(x: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(x)
+
+
+def dream_loss(
+    model: nn.Module, x: torch.Tensor, weights: DreamLossWeights, *, use_bn: bool = True
+) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """L_k(x) for one client's model; returns (loss, unweighted terms for logging, logits).
+
+    The model must be in eval mode: BatchNorm then normalises with its running statistics, which
+    are the targets of the BN term, and dreams never leak into those buffers.
+    """
+    stats = BatchNormStatistics(model)
+    with stats:
+        logits = model(x)
+    entropy = mean_entropy(logits)
+    tv = total_variation(x)
+    l2 = l2_prior(x)
+    bn = (
+        stats.loss().to(x.device)
+        if (use_bn and stats.available)
+        else torch.zeros((), device=x.device)
+    )
+    diversity = batch_marginal_entropy(logits)
+    loss = (
+        weights.entropy * entropy
+        + weights.tv * tv
+        + weights.l2 * l2
+        + weights.bn * bn
+        - weights.diversity * diversity
+    )
+    terms = {
+        "entropy": float(entropy.detach()),
+        "tv": float(tv.detach()),
+        "l2": float(l2.detach()),
+        "bn": float(bn.detach()),
+        "diversity": float(diversity.detach()),
+        "total": float(loss.detach()),
+    }
+    return loss, terms, logits

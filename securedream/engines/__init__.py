@@ -1,0 +1,1 @@
+"""Engines run experiments: in-process today, Flower later."""

@@ -1,0 +1,178 @@
+"""Runs a whole experiment in one process: rounds, evaluation, run folder, checkpoints, resume."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from securedream.aggregation import Aggregator
+from securedream.config import RunConfig, config_to_dict
+from securedream.errors import RunFolderError
+from securedream.rounds.baselines import fedavg_round, independent_round
+from securedream.rounds.codream import codream_round
+from securedream.rounds.experiment import Experiment
+from securedream.runs import RunFolder
+from securedream.runs.plots import save_accuracy_plot, save_dream_grid
+
+RoundCallback = Callable[[int, dict[str, Any]], None]
+
+
+def _progress(total: int, desc: str, enabled: bool, position: int = 0) -> tqdm:
+    return tqdm(
+        total=total,
+        desc=desc,
+        disable=not enabled,
+        leave=position == 0,
+        position=position,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
+
+
+def evaluate(exp: Experiment) -> dict[str, Any]:
+    accuracies = [c.evaluate(exp.data.test_x, exp.data.test_y) for c in exp.clients]
+    result: dict[str, Any] = {
+        "client_accuracy": accuracies,
+        "mean_accuracy": statistics.fmean(accuracies),
+        "std_accuracy": statistics.pstdev(accuracies) if len(accuracies) > 1 else 0.0,
+    }
+    if exp.student is not None:
+        result["server_accuracy"] = exp.student.evaluate(exp.data.test_x, exp.data.test_y)
+    return result
+
+
+def run_one_round(
+    exp: Experiment, round_index: int, on_dream_step: Callable[[int], None] | None = None
+) -> dict[str, Any]:
+    exp.ledger.reset()
+    method = exp.cfg.method
+    if method == "codream":
+        report = codream_round(exp, round_index, on_dream_step)
+    elif method == "fedavg":
+        report = fedavg_round(exp, round_index)
+    else:  # independent and centralized (a single pooled client)
+        report = independent_round(exp, round_index)
+    start = time.perf_counter()
+    report.update(evaluate(exp))
+    report["stage_seconds"]["evaluation"] = time.perf_counter() - start
+    comm = exp.ledger.snapshot()
+    report["bytes_up"] = comm["up"]
+    report["bytes_down"] = comm["down"]
+    report["bytes_by_channel"] = comm["by_channel"]
+    report["round"] = round_index
+    report["method"] = method
+    return report
+
+
+def summarise(cfg: RunConfig, records: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """Final-round figures (never best-over-rounds on the test set) and mean communication."""
+    final = records[-1]
+    per_round_up = [statistics.fmean(r["bytes_up"]) for r in records]
+    per_round_down = [statistics.fmean(r["bytes_down"]) for r in records]
+    summary: dict[str, Any] = {
+        "name": cfg.name,
+        "method": cfg.method,
+        "seed": cfg.seed,
+        "dataset": cfg.data.dataset,
+        "rounds": len(records),
+        "clients": cfg.clients.count,
+        "models": cfg.client_models() if cfg.method == "codream" else None,
+        "final_client_accuracy": final["client_accuracy"],
+        "final_mean_accuracy": final["mean_accuracy"],
+        "final_std_accuracy": final["std_accuracy"],
+        "bytes_up_per_client_round": statistics.fmean(per_round_up),
+        "bytes_down_per_client_round": statistics.fmean(per_round_down),
+        "bytes_per_client_round": statistics.fmean(per_round_up) + statistics.fmean(per_round_down),
+        "timing": {
+            "seconds": seconds,
+            "stage_seconds_total": {
+                stage: sum(r["stage_seconds"].get(stage, 0.0) for r in records)
+                for stage in records[0]["stage_seconds"]
+            },
+        },
+    }
+    if "server_accuracy" in final:
+        summary["final_server_accuracy"] = final["server_accuracy"]
+    return summary
+
+
+def run_experiment(
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    aggregator: Aggregator | None = None,
+    on_round_end: RoundCallback | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) ``cfg`` writing into ``out``; returns the summary."""
+    folder = RunFolder(out)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    exp = Experiment(cfg, aggregator=aggregator)
+    start_round = 0
+    elapsed_before = 0.0
+    if resume:
+        tensors, meta = folder.load_checkpoint()
+        exp.load_state_dict(tensors)
+        start_round = meta["rounds_done"]
+        elapsed_before = float(meta.get("seconds", 0.0))
+        folder.truncate_metrics(start_round)
+        if start_round > cfg.rounds:
+            raise RunFolderError(
+                f"--resume: checkpoint has {start_round} rounds, config {cfg.rounds}"
+            )
+    else:
+        folder.create(cfg)
+        folder.write_json(
+            "splits.json",
+            {
+                "label_histograms": [s.label_histogram for s in exp.shards],
+                "sizes": [len(s.indices) for s in exp.shards],
+            },
+        )
+
+    started = time.perf_counter()
+    records = folder.read_metrics()
+    rounds_bar = _progress(cfg.rounds, f"{cfg.method} rounds", progress)
+    rounds_bar.update(start_round)
+    steps_total = cfg.dreams.global_steps if cfg.method == "codream" else 0
+    for round_index in range(start_round, cfg.rounds):
+        steps_bar = _progress(steps_total, "dream steps", progress and steps_total > 0, position=1)
+        report = run_one_round(exp, round_index, lambda _step, bar=steps_bar: bar.update(1))
+        steps_bar.close()
+        folder.append_metrics(report)
+        records.append(report)
+        if exp.last_dreams is not None and cfg.output.dream_grid:
+            save_dream_grid(
+                exp.last_dreams,
+                folder.path / "dreams" / f"round_{round_index + 1:03d}.png",
+                exp.data.mean,
+                exp.data.std,
+                cfg.output.grid_images,
+            )
+        if cfg.output.checkpoint:
+            folder.save_checkpoint(
+                exp.state_dict(),
+                {
+                    "rounds_done": round_index + 1,
+                    "seconds": elapsed_before + time.perf_counter() - started,
+                },
+            )
+        rounds_bar.set_postfix(acc=f"{report['mean_accuracy']:.3f}")
+        rounds_bar.update(1)
+        if on_round_end is not None:
+            on_round_end(round_index, report)
+    rounds_bar.close()
+
+    save_accuracy_plot(records, folder.path / "accuracy.png", f"{cfg.name}: {cfg.method}")
+    summary = summarise(cfg, records, elapsed_before + time.perf_counter() - started)
+    summary["config"] = config_to_dict(cfg)
+    folder.write_json("summary.json", summary)
+    return summary

@@ -1,0 +1,1 @@
+"""CoDream rounds and baselines: what each party does in a round."""

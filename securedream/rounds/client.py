@@ -1,0 +1,218 @@
+"""One CoDream client: private data, a model of its own architecture, and the four things it does.
+
+The client never sends weights. It trains locally, answers "what is ∂L_k/∂x on these dreams?" (or
+"how would you move them in L steps?"), returns logits on dreams for soft labels, and distils from
+the dream buffer. Everything it returns to the server goes through the aggregator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from securedream.dreams import DreamLossWeights, dream_loss
+
+
+@dataclass(frozen=True)
+class LocalTrainingConfig:
+    lr: float
+    momentum: float
+    weight_decay: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    epochs: int
+    temperature: float
+    batch_size: int
+    lr: float
+    kd_weight: float
+    ce_weight: float
+    clip_grad_norm: float
+
+
+def kd_loss(
+    student_logits: torch.Tensor, soft_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """KL(softmax(soft/T) ‖ softmax(student/T))·T², the Hinton scaling that keeps gradients O(1)."""
+    t = temperature
+    return (
+        F.kl_div(
+            F.log_softmax(student_logits / t, dim=1),
+            F.log_softmax(soft_logits / t, dim=1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * t
+        * t
+    )
+
+
+def minibatches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    order = torch.randperm(n, generator=generator)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+class ModelTrainer:
+    """A model with its optimiser and data; shared by CoDream clients and the baselines."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_x: torch.Tensor,
+        train_y: torch.Tensor,
+        training: LocalTrainingConfig,
+        device: torch.device,
+    ) -> None:
+        self.device = device
+        self.model = model.to(device)
+        self.train_x = train_x.to(device)
+        self.train_y = train_y.to(device)
+        self.training = training
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=training.lr,
+            momentum=training.momentum,
+            weight_decay=training.weight_decay,
+        )
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.train_y.shape[0])
+
+    def train_local(self, epochs: int, generator: torch.Generator) -> float:
+        """Cross-entropy SGD on the private data; returns the mean loss of the last epoch."""
+        self.model.train()
+        last = 0.0
+        for _ in range(epochs):
+            total, count = 0.0, 0
+            for idx in minibatches(self.num_samples, self.training.batch_size, generator):
+                idx = idx.to(self.device)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(self.model(self.train_x[idx]), self.train_y[idx])
+                loss.backward()
+                self.optimizer.step()
+                total += float(loss.detach()) * len(idx)
+                count += len(idx)
+            last = total / max(count, 1)
+        return last
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+        self.model.eval()
+        correct = 0
+        for i in range(0, len(y), batch_size):
+            logits = self.model(x[i : i + batch_size].to(self.device))
+            correct += int((logits.argmax(dim=1).cpu() == y[i : i + batch_size].cpu()).sum())
+        return correct / max(len(y), 1)
+
+    def state_dict(self) -> dict[str, object]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
+        self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+
+
+class CoDreamClient(ModelTrainer):
+    """A ModelTrainer that also dreams and distils."""
+
+    def __init__(
+        self,
+        client_id: int,
+        model: nn.Module,
+        train_x: torch.Tensor,
+        train_y: torch.Tensor,
+        training: LocalTrainingConfig,
+        device: torch.device,
+        *,
+        use_bn_term: bool = True,
+    ) -> None:
+        super().__init__(model, train_x, train_y, training, device)
+        self.client_id = client_id
+        self.use_bn_term = use_bn_term
+
+    def _frozen_eval(self) -> None:
+        """Dreaming must not touch the model: eval mode (BN running stats are targets)."""
+        self.model.eval()
+
+    def dream_gradient(
+        self, dreams: torch.Tensor, weights: DreamLossWeights
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """∂L_k/∂x at the broadcast dreams; only the dreams receive gradient."""
+        self._frozen_eval()
+        x = dreams.detach().to(self.device).requires_grad_(True)
+        loss, terms, _ = dream_loss(self.model, x, weights, use_bn=self.use_bn_term)
+        (grad,) = torch.autograd.grad(loss, [x])
+        return grad.detach(), terms
+
+    def dream_delta(
+        self, dreams: torch.Tensor, weights: DreamLossWeights, steps: int, lr: float
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Run ``steps`` local Adam steps on a private copy and return the change in x."""
+        self._frozen_eval()
+        start = dreams.detach().to(self.device)
+        x = start.clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([x], lr=lr)
+        terms: dict[str, float] = {}
+        for _ in range(steps):
+            loss, terms, _ = dream_loss(self.model, x, weights, use_bn=self.use_bn_term)
+            (grad,) = torch.autograd.grad(loss, [x])
+            x.grad = grad
+            optimizer.step()
+        return (x.detach() - start), terms
+
+    @torch.no_grad()
+    def dream_logits(self, dreams: torch.Tensor) -> torch.Tensor:
+        self._frozen_eval()
+        return self.model(dreams.to(self.device)).detach()
+
+    def distill(
+        self,
+        buffer: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        settings: DistillSettings,
+        generator: torch.Generator,
+        *,
+        with_local_data: bool = True,
+    ) -> float:
+        """Learn from (dreams, soft labels) by KL at temperature T, plus local cross-entropy."""
+        if not buffer or settings.epochs == 0:
+            return 0.0
+        dreams = torch.cat([x for x, _ in buffer]).to(self.device)
+        soft = torch.cat([s for _, s in buffer]).to(self.device)
+        saved_lr = [group["lr"] for group in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group["lr"] = settings.lr
+        self.model.train()
+        last = 0.0
+        try:
+            for _ in range(settings.epochs):
+                local_batches = minibatches(self.num_samples, settings.batch_size, generator)
+                total, count = 0.0, 0
+                for i, idx in enumerate(minibatches(len(dreams), settings.batch_size, generator)):
+                    idx = idx.to(self.device)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss = settings.kd_weight * kd_loss(
+                        self.model(dreams[idx]), soft[idx], settings.temperature
+                    )
+                    if with_local_data and settings.ce_weight > 0 and self.num_samples > 0:
+                        local = local_batches[i % len(local_batches)].to(self.device)
+                        loss = loss + settings.ce_weight * F.cross_entropy(
+                            self.model(self.train_x[local]), self.train_y[local]
+                        )
+                    loss.backward()
+                    if settings.clip_grad_norm > 0:
+                        nn.utils.clip_grad_norm_(self.model.parameters(), settings.clip_grad_norm)
+                    self.optimizer.step()
+                    total += float(loss.detach()) * len(idx)
+                    count += len(idx)
+                last = total / max(count, 1)
+        finally:
+            for group, lr in zip(self.optimizer.param_groups, saved_lr, strict=True):
+                group["lr"] = lr
+        return last

@@ -1,0 +1,199 @@
+"""Builds a run's parties from its config and holds the state that carries across rounds.
+
+One Experiment serves every method (CoDream and the baselines) so that they share data, splits,
+model initialisation and evaluation exactly: a comparison between methods differs only in the
+method.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from securedream.aggregation import Aggregator, PlainAggregator
+from securedream.comm import CommLedger
+from securedream.config import RunConfig
+from securedream.data import DatasetBundle, load_dataset, split_clients
+from securedream.dreams import DreamLossWeights
+from securedream.errors import ConfigError
+from securedream.models import build_model, has_batchnorm
+from securedream.rounds.client import CoDreamClient, DistillSettings, LocalTrainingConfig
+from securedream.rounds.server import DreamingSettings
+from securedream.seeding import derive_seed
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "cuda was requested but torch.cuda.is_available() is False")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class ClientShard:
+    indices: torch.Tensor
+    label_histogram: list[int]
+
+
+class Experiment:
+    """Data, clients, server student, dream buffer and aggregator of one run."""
+
+    def __init__(self, cfg: RunConfig, *, aggregator: Aggregator | None = None) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.data: DatasetBundle = load_dataset(
+            cfg.data.dataset,
+            seed=cfg.seed,
+            test_size=cfg.data.test_size,
+            root=cfg.data.root or None,
+            download=cfg.data.download,
+        )
+        labels = self.data.train_y.numpy()
+        per_client = cfg.data.samples_per_client or None
+        splits = split_clients(
+            labels,
+            cfg.clients.count,
+            scheme=cfg.data.split,
+            samples_per_client=per_client,
+            alpha=cfg.data.alpha,
+            labels_per_client=cfg.data.labels_per_client,
+            seed=derive_seed(cfg.seed, "split"),
+        )
+        self.shards = [
+            ClientShard(
+                indices=torch.as_tensor(idx, dtype=torch.long),
+                label_histogram=torch.bincount(
+                    torch.as_tensor(labels[idx], dtype=torch.long), minlength=self.data.num_classes
+                ).tolist(),
+            )
+            for idx in splits
+        ]
+        self.training = LocalTrainingConfig(
+            lr=cfg.clients.lr,
+            momentum=cfg.clients.momentum,
+            weight_decay=cfg.clients.weight_decay,
+            batch_size=cfg.clients.batch_size,
+        )
+        self.aggregator = aggregator if aggregator is not None else PlainAggregator()
+        self.clients = self._build_clients()
+        self.student = self._build_student()
+        self.buffer: deque[tuple[torch.Tensor, torch.Tensor]] = deque(
+            maxlen=cfg.distill.buffer_batches
+        )
+        self.last_dreams: torch.Tensor | None = None
+        self.ledger = CommLedger(range(len(self.clients)))
+
+    # --- construction -------------------------------------------------------------------------
+    def _model(self, name: str, seed_label: object) -> torch.nn.Module:
+        return build_model(
+            name,
+            in_channels=self.data.channels,
+            num_classes=self.data.num_classes,
+            image_size=self.data.image_size,
+            seed=derive_seed(self.cfg.seed, "model", seed_label),
+        )
+
+    def _build_clients(self) -> list[CoDreamClient]:
+        cfg = self.cfg
+        if cfg.method == "centralized":
+            pooled = torch.cat([s.indices for s in self.shards])
+            model = self._model(cfg.client_models()[0], "central")
+            return [self._client(0, model, pooled)]
+        if cfg.method == "fedavg":
+            name = cfg.baselines.fedavg_model or cfg.client_models()[0]
+            # one initialisation shared by all clients, as FedAvg starts from one global model
+            return [
+                self._client(k, self._model(name, "global"), shard.indices)
+                for k, shard in enumerate(self.shards)
+            ]
+        clients = []
+        without_bn = []
+        for k, (name, shard) in enumerate(zip(cfg.client_models(), self.shards, strict=True)):
+            model = self._model(name, k)
+            if not has_batchnorm(model):
+                without_bn.append(f"client {k} ({name})")
+            clients.append(self._client(k, model, shard.indices))
+        if without_bn and cfg.method == "codream" and cfg.dreams.w_bn > 0:
+            warnings.warn(
+                "no BatchNorm layers, so no BN-statistics dream term for: " + ", ".join(without_bn),
+                stacklevel=2,
+            )
+        return clients
+
+    def _client(self, k: int, model: torch.nn.Module, indices: torch.Tensor) -> CoDreamClient:
+        return CoDreamClient(
+            k,
+            model,
+            self.data.train_x[indices],
+            self.data.train_y[indices],
+            self.training,
+            self.device,
+        )
+
+    def _build_student(self) -> CoDreamClient | None:
+        if self.cfg.method != "codream" or not self.cfg.dreams.adaptive:
+            return None
+        model = self._model(self.cfg.dreams.server_model, "server")
+        empty_x = self.data.train_x[:0]
+        empty_y = self.data.train_y[:0]
+        return CoDreamClient(-1, model, empty_x, empty_y, self.training, self.device)
+
+    # --- settings views -----------------------------------------------------------------------
+    def dream_weights(self) -> DreamLossWeights:
+        d = self.cfg.dreams
+        return DreamLossWeights(d.w_entropy, d.w_tv, d.w_l2, d.w_bn, d.w_diversity)
+
+    def dreaming_settings(self, round_index: int) -> DreamingSettings:
+        d = self.cfg.dreams
+        adaptive = d.adaptive and round_index + 1 >= d.adaptive_from_round
+        return DreamingSettings(
+            steps=d.global_steps,
+            lr=d.lr,
+            weights=self.dream_weights(),
+            local_steps=d.local_steps,
+            local_lr=d.local_lr,
+            server_update=d.server_update,
+            snapshots=d.snapshots,
+            adaptive_weight=d.adaptive_weight if adaptive else 0.0,
+        )
+
+    def distill_settings(self) -> DistillSettings:
+        k = self.cfg.distill
+        return DistillSettings(
+            epochs=k.epochs,
+            temperature=k.temperature,
+            batch_size=k.batch_size,
+            lr=k.lr or self.cfg.clients.lr,
+            kd_weight=k.kd_weight,
+            ce_weight=k.ce_weight,
+            clip_grad_norm=k.clip_grad_norm,
+        )
+
+    def dream_shape(self) -> tuple[int, int, int, int]:
+        s = self.data.image_size
+        return (self.cfg.dreams.batch_size, self.data.channels, s, s)
+
+    # --- checkpoint state ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "clients": [c.state_dict() for c in self.clients],
+            "student": self.student.state_dict() if self.student is not None else None,
+            "buffer": [[x.cpu(), s.cpu()] for x, s in self.buffer],
+            "last_dreams": self.last_dreams.cpu() if self.last_dreams is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for client, saved in zip(self.clients, state["clients"], strict=True):
+            client.load_state_dict(saved)
+        if self.student is not None and state.get("student") is not None:
+            self.student.load_state_dict(state["student"])
+        self.buffer.clear()
+        for x, s in state["buffer"]:
+            self.buffer.append((x.to(self.device), s.to(self.device)))
+        last = state.get("last_dreams")
+        self.last_dreams = last.to(self.device) if last is not None else None

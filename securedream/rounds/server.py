@@ -1,0 +1,159 @@
+"""The CoDream server's side of knowledge extraction and aggregation.
+
+The server owns the dreams and an Adam optimiser over them. At each global step it broadcasts the
+dreams, obtains the *sum* of client responses from the aggregator (never an individual response),
+divides by the public client count and steps. At snapshot steps it obtains the mean of client logits
+the same way: those are the soft labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from securedream.aggregation import Aggregator, Channel
+from securedream.comm import CommLedger, tensor_bytes
+from securedream.dreams import DreamLossWeights, mean_entropy
+
+
+class DreamingClient(Protocol):
+    """What the server needs from a client endpoint (in-process object or a remote proxy)."""
+
+    client_id: int
+
+    def dream_gradient(
+        self, dreams: torch.Tensor, weights: DreamLossWeights
+    ) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def dream_delta(
+        self, dreams: torch.Tensor, weights: DreamLossWeights, steps: int, lr: float
+    ) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def dream_logits(self, dreams: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class DreamingSettings:
+    steps: int
+    lr: float
+    weights: DreamLossWeights
+    local_steps: int = 1
+    local_lr: float = 0.05
+    server_update: str = "fedavg"
+    snapshots: int = 1
+    adaptive_weight: float = 0.0  # > 0 enables the student entropy-ascent term
+
+
+@dataclass
+class DreamingOutcome:
+    snapshots: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    final_terms: dict[str, float] = field(default_factory=dict)
+    aggregations: int = 0
+
+
+def snapshot_steps(steps: int, snapshots: int) -> set[int]:
+    """Evenly spaced steps ending with the last one: ``snapshots`` of them."""
+    return {steps - 1 - round(i * steps / snapshots) for i in range(snapshots)}
+
+
+def _mean_terms(per_client: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    if not per_client:
+        return {}
+    keys = per_client[0].keys()
+    return {k: sum(t[k] for t in per_client) / len(per_client) for k in keys}
+
+
+def student_entropy_ascent(
+    student: torch.nn.Module, dreams: torch.Tensor, weight: float
+) -> torch.Tensor:
+    """Gradient of −λ·H(student(x)): moves dreams to where the server's student is unsure."""
+    student.eval()
+    x = dreams.detach().requires_grad_(True)
+    loss = -weight * mean_entropy(student(x))
+    (grad,) = torch.autograd.grad(loss, [x])
+    return grad.detach()
+
+
+def collaborative_dreaming(
+    initial: torch.Tensor,
+    clients: Sequence[DreamingClient],
+    aggregator: Aggregator,
+    settings: DreamingSettings,
+    *,
+    public_count: int,
+    ledger: CommLedger,
+    student: torch.nn.Module | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> DreamingOutcome:
+    """Optimise one dream batch for ``settings.steps`` aggregations; return the snapshots."""
+    dreams = initial.detach().clone()
+    param = torch.nn.Parameter(dreams)
+    optimizer = torch.optim.Adam([param], lr=settings.lr)
+    take_snapshot = snapshot_steps(settings.steps, settings.snapshots)
+    outcome = DreamingOutcome()
+    ids = [c.client_id for c in clients]
+    channel = Channel.DREAM_GRADIENT if settings.local_steps == 1 else Channel.DREAM_DELTA
+
+    for step in range(settings.steps):
+        current = param.detach()
+        ledger.received(ids, tensor_bytes(current), "dreams")
+        responses: dict[int, torch.Tensor] = {}
+        terms: list[dict[str, float]] = []
+        for client in clients:
+            if settings.local_steps == 1:
+                value, client_terms = client.dream_gradient(current, settings.weights)
+            else:
+                value, client_terms = client.dream_delta(
+                    current, settings.weights, settings.local_steps, settings.local_lr
+                )
+            responses[client.client_id] = value.to(current.device)
+            terms.append(client_terms)
+        result = aggregator.aggregate(responses, channel=channel, step=step)
+        outcome.aggregations += 1
+        ledger.sent(result.bytes_up, channel.value)
+        mean = result.total.to(current.device) / public_count
+        outcome.final_terms = _mean_terms(terms)
+
+        optimizer.zero_grad(set_to_none=True)
+        if settings.local_steps == 1:
+            update = mean
+            if student is not None and settings.adaptive_weight > 0:
+                update = update + student_entropy_ascent(student, current, settings.adaptive_weight)
+            param.grad = update
+            optimizer.step()
+        elif settings.server_update == "fedavg":
+            with torch.no_grad():
+                param.add_(mean)
+        else:  # fedadam: the negative mean change is a pseudo-gradient
+            param.grad = -mean
+            optimizer.step()
+
+        if step in take_snapshot:
+            outcome.snapshots.append(
+                _soft_labels(param.detach(), clients, aggregator, step, public_count, ledger)
+            )
+        if on_step is not None:
+            on_step(step)
+    return outcome
+
+
+def _soft_labels(
+    dreams: torch.Tensor,
+    clients: Sequence[DreamingClient],
+    aggregator: Aggregator,
+    step: int,
+    public_count: int,
+    ledger: CommLedger,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean client logits on the dreams, obtained only as an aggregate."""
+    ids = [c.client_id for c in clients]
+    ledger.received(ids, tensor_bytes(dreams), "dreams")
+    logits = {c.client_id: c.dream_logits(dreams).to(dreams.device) for c in clients}
+    result = aggregator.aggregate(logits, channel=Channel.LOGITS, step=step)
+    ledger.sent(result.bytes_up, Channel.LOGITS.value)
+    soft = result.total.to(dreams.device) / public_count
+    ledger.received(ids, tensor_bytes(soft), "soft_labels")
+    return dreams.clone(), soft
