@@ -1,0 +1,111 @@
+"""The command line: exit codes, error messages naming the argument, run and resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from securedream.cli import main
+
+TINY = [
+    "--set",
+    "rounds=2",
+    "--set",
+    "dreams.global_steps=3",
+    "--set",
+    "dreams.batch_size=8",
+    "--set",
+    "data.samples_per_client=60",
+    "--quiet",
+]
+
+
+def test_bad_key_exits_2_and_names_it(tmp_path, capsys) -> None:
+    code = main(
+        ["run", "--preset", "smoke", "--out", str(tmp_path / "r"), "--set", "clients.count=-1"]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "clients.count" in err and "[1, 1000]" in err
+    assert not (tmp_path / "r").exists()  # nothing written for a rejected config
+
+
+def test_unknown_preset_exits_2(capsys) -> None:
+    assert main(["run", "--preset", "nope"]) == 2
+    assert "--preset" in capsys.readouterr().err
+
+
+def test_argparse_rejects_bad_device() -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--device", "tpu"])
+    assert info.value.code == 2
+
+
+def test_run_then_refuse_to_overwrite_then_resume(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["run", "--preset", "smoke", "--out", str(out), "--seed", "3", *TINY]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seed"] == 3 and summary["rounds"] == 2
+    assert "final mean client accuracy" in capsys.readouterr().out
+    assert main(["run", "--preset", "smoke", "--out", str(out), *TINY]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    # resuming a finished run recomputes nothing and reproduces the summary
+    assert main(["run", "--resume", str(out), "--quiet"]) == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert again["final_client_accuracy"] == summary["final_client_accuracy"]
+
+
+def test_resume_refuses_other_config_arguments(tmp_path, capsys) -> None:
+    assert main(["run", "--resume", str(tmp_path), "--seed", "1"]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_presets_listed(capsys) -> None:
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "smoke" in out and "demo" in out and "paper-mnist" in out
+
+
+def test_bench_accuracy_json(tmp_path, capsys) -> None:
+    code = main(
+        [
+            "bench",
+            "accuracy",
+            "--preset",
+            "smoke",
+            "--seeds",
+            "1",
+            "--json",
+            "--methods",
+            "codream,independent",
+            "--out",
+            str(tmp_path),
+            *TINY,
+        ]
+    )
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in rows] == ["codream", "independent"]
+    for row in rows:
+        assert {
+            "method",
+            "accuracy_mean",
+            "accuracy_std",
+            "bytes_per_client_round",
+            "seconds",
+        } <= set(row)
+        assert 0 <= row["accuracy_mean"] <= 1
+    assert rows[0]["bytes_per_client_round"] > 0 and rows[1]["bytes_per_client_round"] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--seeds", "0"], "--seeds"),
+        (["--methods", "codream,sgd"], "--methods"),
+    ],
+)
+def test_bench_accuracy_validates(args, fragment, capsys) -> None:
+    assert main(["bench", "accuracy", "--preset", "smoke", *args]) == 2
+    assert fragment in capsys.readouterr().err
