@@ -63,6 +63,41 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--json", action="store_true", help="print JSON instead of a table")
     acc.add_argument("--quiet", action="store_true", help="no progress bars")
     bench_sub.add_parser("secagg", help="secure aggregation protocol benchmark", add_help=False)
+    private = bench_sub.add_parser(
+        "private", help="plain vs SecAgg vs SecAgg + DP (central, distributed) at several ε"
+    )
+    _add_config_arguments(private, "demo")
+    private.add_argument("--epsilons", default="1,4,8", help="comma-separated ε (default 1,4,8)")
+    private.add_argument("--out", metavar="DIR", help="folder for the runs (default: temp)")
+    private.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    private.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    privacy = sub.add_parser("privacy", help="ε for given noise, or noise for a given ε")
+    privacy_sub = privacy.add_subparsers(dest="privacy", required=True)
+    for name, helptext in (
+        ("epsilon", "what ε do these settings give"),
+        ("noise", "what noise multiplier reaches this ε"),
+    ):
+        p = privacy_sub.add_parser(name, help=helptext)
+        _add_config_arguments(p, "demo")
+        p.add_argument(
+            "--releases",
+            type=int,
+            metavar="N",
+            help="number of releases (default: from the config's rounds and steps)",
+        )
+        p.add_argument("--delta", type=float, help="δ (default: the config's privacy.delta)")
+        p.add_argument("--accountant", choices=("rdp", "prv"), help="default: the config's")
+        if name == "epsilon":
+            p.add_argument(
+                "--noise-multiplier",
+                type=float,
+                metavar="Z",
+                help="z (default: the config's privacy.noise_multiplier)",
+            )
+        else:
+            p.add_argument("--target-epsilon", type=float, metavar="EPS", required=True)
+        p.add_argument("--json", action="store_true")
     return parser
 
 
@@ -155,6 +190,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_presets()
         if args.command == "bench" and args.bench == "accuracy":
             return _cmd_bench_accuracy(args)
+        if args.command == "bench" and args.bench == "private":
+            from securedream.bench.private import run_private_bench
+
+            return run_private_bench(args)
+        if args.command == "privacy":
+            from securedream.privacy.cli import run_privacy_command
+
+            return run_privacy_command(args)
     except SecureDreamError as exc:
         print(f"securedream: error: {exc}", file=sys.stderr)
         return 2

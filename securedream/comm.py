@@ -33,6 +33,11 @@ class CommLedger:
             self.up[client] += int(count)
             self.by_channel[f"up/{channel}"] += int(count)
 
+    def received_each(self, per_client: Mapping[int, int], channel: str) -> None:
+        for client, count in per_client.items():
+            self.down[client] += int(count)
+            self.by_channel[f"down/{channel}"] += int(count)
+
     def received(self, clients: Iterable[int], count: int, channel: str) -> None:
         for client in clients:
             self.down[client] += int(count)

@@ -29,6 +29,7 @@ def _spec(
     low_open: bool = False,
     choices: Sequence[Any] | None = None,
     item_choices: Sequence[Any] | None = None,
+    nonempty: bool = True,
     help: str = "",
 ) -> Any:
     """A dataclass field whose metadata describes what values are allowed."""
@@ -38,6 +39,7 @@ def _spec(
         "low_open": low_open,
         "choices": tuple(choices) if choices is not None else None,
         "item_choices": tuple(item_choices) if item_choices is not None else None,
+        "nonempty": nonempty,
         "help": help,
     }
     if isinstance(default, list):
@@ -113,6 +115,46 @@ class BaselinesConfig:
     fedavg_model: str = _spec("", help="architecture for FedAvg; empty = first client's model")
 
 
+PLACEMENTS = ("off", "central", "distributed")
+SECAGG_STAGES = ("advertise", "share", "masked_input", "consistency", "unmask")
+
+
+@dataclass(frozen=True)
+class SecureAggregationConfig:
+    enabled: bool = _spec(False, help="run every sum through pairwise-masking secure aggregation")
+    graph: str = _spec("complete", choices=("complete", "harary"))
+    threshold: int = _spec(0, low=0, high=100_000, help="Shamir threshold t; 0 = derived")
+    neighbours: int = _spec(0, low=0, high=100_000, help="Harary degree k; 0 = derived")
+    bits: int = _spec(32, choices=(32, 64), help="integer ring Z_2^bits")
+    clip: float = _spec(8.0, low=0.0, low_open=True, high=1e9, help="dream value range ±clip")
+    clip_logits: float = _spec(64.0, low=0.0, low_open=True, high=1e9, help="logit range ±clip")
+    scale: float = _spec(0.0, low=0.0, high=1e18, help="fixed-point scale; 0 = largest safe")
+    secure_rounding: bool = _spec(False, help="rounding randomness from os.urandom (else seed)")
+    dropout_rate: float = _spec(0.0, low=0.0, high=0.99, help="simulated dropout per step")
+    dropouts: list[str] = _spec(  # noqa: RUF009
+        [],
+        nonempty=False,
+        help='explicit drops "client:stage:step[:round]", stage one of ' + "|".join(SECAGG_STAGES),
+    )
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    placement: str = _spec("off", choices=PLACEMENTS, help="where DP noise is added")
+    clip_gradient: float = _spec(1.0, low=0.0, low_open=True, high=1e9, help="C, dream channel")
+    clip_logits: float = _spec(10.0, low=0.0, low_open=True, high=1e9, help="C, logits channel")
+    noise_multiplier: float = _spec(0.0, low=0.0, high=1e9, help="z; noise std is z·C")
+    target_epsilon: float = _spec(0.0, low=0.0, high=1e6, help="> 0: derive z from ε")
+    delta: float = _spec(1e-5, low=0.0, low_open=True, high=0.1)
+    accountant: str = _spec("rdp", choices=("rdp", "prv"))
+    max_epsilon: float = _spec(0.0, low=0.0, high=1e6, help="stop before exceeding; 0 = no cap")
+    min_survivors: int = _spec(0, low=0, high=100_000, help="distributed: noise calibrated for")
+    secure_noise: bool = _spec(False, help="noise key from os.urandom (else from the run seed)")
+    sample_level: bool = _spec(False, help="Opacus DP-SGD for local training")
+    sample_noise_multiplier: float = _spec(1.0, low=0.0, high=1e6)
+    sample_clip: float = _spec(1.0, low=0.0, low_open=True, high=1e6)
+
+
 @dataclass(frozen=True)
 class OutputConfig:
     dream_grid: bool = _spec(True, help="write a PNG grid of dreams each round")
@@ -126,6 +168,7 @@ class RunConfig:
     description: str = _spec("", help="one line shown by `securedream presets`")
     seed: int = _spec(0, low=0, high=2**31 - 1)
     device: str = _spec("cpu", choices=("cpu", "cuda", "auto"))
+    threads: int = _spec(0, low=0, high=1024, help="CPU threads for torch; 0 = torch's default")
     method: str = _spec("codream", choices=METHODS)
     rounds: int = _spec(10, low=1, high=1_000_000)
     data: DataConfig = field(default_factory=DataConfig)
@@ -133,6 +176,8 @@ class RunConfig:
     dreams: DreamsConfig = field(default_factory=DreamsConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def client_models(self) -> list[str]:
@@ -147,6 +192,8 @@ SECTIONS: dict[str, type] = {
     "dreams": DreamsConfig,
     "distill": DistillConfig,
     "baselines": BaselinesConfig,
+    "secure_aggregation": SecureAggregationConfig,
+    "privacy": PrivacyConfig,
     "output": OutputConfig,
 }
 
@@ -184,7 +231,7 @@ def _check_value(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> An
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(key, f"must be a list of strings, got {value!r}")
-        if not value:
+        if not value and meta["nonempty"]:
             raise ConfigError(key, "must not be empty")
         if meta["item_choices"] is not None:
             for item in value:

@@ -44,6 +44,10 @@ class Aggregator(ABC):
     def end_round(self) -> None:  # noqa: B027
         """Called after the last aggregation of a round."""
 
+    def active_clients(self, client_ids: Sequence[int]) -> list[int]:
+        """Clients still taking part in this round (a dropped client is out until the next)."""
+        return list(client_ids)
+
     @abstractmethod
     def aggregate(
         self, contributions: Mapping[int, torch.Tensor], *, channel: Channel, step: int

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from securedream.aggregation import Aggregator
 from securedream.config import RunConfig, config_to_dict
 from securedream.errors import RunFolderError
+from securedream.privacy.engine import PrivacyBudgetExhausted
 from securedream.rounds.baselines import fedavg_round, independent_round
 from securedream.rounds.codream import codream_round
 from securedream.rounds.experiment import Experiment
@@ -54,7 +55,15 @@ def run_one_round(
     exp.ledger.reset()
     method = exp.cfg.method
     if method == "codream":
+        if exp.privacy is not None:
+            exp.privacy.check_budget(round_index)
+        secagg_before = float(getattr(exp.aggregator, "seconds", 0.0))
         report = codream_round(exp, round_index, on_dream_step)
+        secagg = float(getattr(exp.aggregator, "seconds", 0.0)) - secagg_before
+        if secagg:
+            report["stage_seconds"]["secure_aggregation"] = secagg
+        if exp.privacy is not None:
+            report["epsilon"] = exp.privacy.end_round()
     elif method == "fedavg":
         report = fedavg_round(exp, round_index)
     else:  # independent and centralized (a single pooled client)
@@ -103,6 +112,22 @@ def summarise(cfg: RunConfig, records: list[dict[str, Any]], seconds: float) -> 
     return summary
 
 
+def _write_privacy(folder: RunFolder, exp: Experiment) -> dict[str, Any]:
+    """privacy.json (every parameter, for independent recomputation) and privacy.md."""
+    from securedream.privacy.report import report_markdown
+
+    assert exp.privacy is not None
+    report = exp.privacy.report()
+    folder.write_json("privacy.json", report)
+    (folder.path / "privacy.md").write_text(report_markdown(report), encoding="utf-8")
+    return {
+        "epsilon_total": report["epsilon_total"],
+        "delta": report["delta"],
+        "noise_multiplier": report["noise_multiplier"],
+        "placement": report["placement"],
+    }
+
+
 def run_experiment(
     cfg: RunConfig,
     out: str | Path,
@@ -115,12 +140,15 @@ def run_experiment(
     """Run (or resume) ``cfg`` writing into ``out``; returns the summary."""
     folder = RunFolder(out)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     exp = Experiment(cfg, aggregator=aggregator)
     start_round = 0
     elapsed_before = 0.0
     if resume:
         tensors, meta = folder.load_checkpoint()
         exp.load_state_dict(tensors)
+        exp.load_bookkeeping(meta)
         start_round = meta["rounds_done"]
         elapsed_before = float(meta.get("seconds", 0.0))
         folder.truncate_metrics(start_round)
@@ -143,11 +171,20 @@ def run_experiment(
     rounds_bar = _progress(cfg.rounds, f"{cfg.method} rounds", progress)
     rounds_bar.update(start_round)
     steps_total = cfg.dreams.global_steps if cfg.method == "codream" else 0
+    stopped: str | None = None
     for round_index in range(start_round, cfg.rounds):
         steps_bar = _progress(steps_total, "dream steps", progress and steps_total > 0, position=1)
-        report = run_one_round(exp, round_index, lambda _step, bar=steps_bar: bar.update(1))
-        steps_bar.close()
+        try:
+            report = run_one_round(exp, round_index, lambda _step, bar=steps_bar: bar.update(1))
+        except PrivacyBudgetExhausted as exc:
+            stopped = str(exc)
+            print(f"securedream: {stopped}", file=sys.stderr)
+            break
+        finally:
+            steps_bar.close()
         folder.append_metrics(report)
+        if exp.privacy is not None:
+            _write_privacy(folder, exp)
         records.append(report)
         if exp.last_dreams is not None and cfg.output.dream_grid:
             save_dream_grid(
@@ -163,6 +200,7 @@ def run_experiment(
                 {
                     "rounds_done": round_index + 1,
                     "seconds": elapsed_before + time.perf_counter() - started,
+                    **exp.bookkeeping(),
                 },
             )
         rounds_bar.set_postfix(acc=f"{report['mean_accuracy']:.3f}")
@@ -171,8 +209,13 @@ def run_experiment(
             on_round_end(round_index, report)
     rounds_bar.close()
 
+    if not records:
+        raise RunFolderError(f"no round completed: {stopped}")
     save_accuracy_plot(records, folder.path / "accuracy.png", f"{cfg.name}: {cfg.method}")
     summary = summarise(cfg, records, elapsed_before + time.perf_counter() - started)
+    summary["stopped_early"] = stopped
+    if exp.privacy is not None:
+        summary["privacy"] = _write_privacy(folder, exp)
     summary["config"] = config_to_dict(cfg)
     folder.write_json("summary.json", summary)
     return summary

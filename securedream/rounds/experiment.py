@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from securedream.aggregation import Aggregator, PlainAggregator
+from securedream.aggregation import Aggregator
 from securedream.comm import CommLedger
 from securedream.config import RunConfig
 from securedream.data import DatasetBundle, load_dataset, split_clients
@@ -79,7 +79,16 @@ class Experiment:
             weight_decay=cfg.clients.weight_decay,
             batch_size=cfg.clients.batch_size,
         )
-        self.aggregator = aggregator if aggregator is not None else PlainAggregator()
+        self.privacy = None
+        if aggregator is None:
+            from securedream.aggregation.factory import build_aggregation
+
+            aggregator, self.privacy = build_aggregation(
+                cfg,
+                dim=cfg.dreams.batch_size * self.data.channels * self.data.image_size**2,
+                num_classes=self.data.num_classes,
+            )
+        self.aggregator = aggregator
         self.clients = self._build_clients()
         self.student = self._build_student()
         self.buffer: deque[tuple[torch.Tensor, torch.Tensor]] = deque(
@@ -186,6 +195,14 @@ class Experiment:
             "buffer": [[x.cpu(), s.cpu()] for x, s in self.buffer],
             "last_dreams": self.last_dreams.cpu() if self.last_dreams is not None else None,
         }
+
+    def bookkeeping(self) -> dict[str, Any]:
+        """JSON-able state that is not tensors (privacy ledger), for the checkpoint's meta.json."""
+        return {"privacy": self.privacy.state_dict() if self.privacy is not None else None}
+
+    def load_bookkeeping(self, meta: dict[str, Any]) -> None:
+        if self.privacy is not None and meta.get("privacy") is not None:
+            self.privacy.load_state_dict(meta["privacy"])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for client, saved in zip(self.clients, state["clients"], strict=True):

@@ -59,6 +59,12 @@ def snapshot_steps(steps: int, snapshots: int) -> set[int]:
     return {steps - 1 - round(i * steps / snapshots) for i in range(snapshots)}
 
 
+def _active(clients: Sequence[DreamingClient], aggregator: Aggregator) -> list[DreamingClient]:
+    """Clients the aggregator still counts this round; the server stops sending to the others."""
+    keep = set(aggregator.active_clients([c.client_id for c in clients]))
+    return [c for c in clients if c.client_id in keep]
+
+
 def _mean_terms(per_client: Sequence[Mapping[str, float]]) -> dict[str, float]:
     if not per_client:
         return {}
@@ -94,15 +100,15 @@ def collaborative_dreaming(
     optimizer = torch.optim.Adam([param], lr=settings.lr)
     take_snapshot = snapshot_steps(settings.steps, settings.snapshots)
     outcome = DreamingOutcome()
-    ids = [c.client_id for c in clients]
     channel = Channel.DREAM_GRADIENT if settings.local_steps == 1 else Channel.DREAM_DELTA
 
     for step in range(settings.steps):
         current = param.detach()
-        ledger.received(ids, tensor_bytes(current), "dreams")
+        active = _active(clients, aggregator)
+        ledger.received([c.client_id for c in active], tensor_bytes(current), "dreams")
         responses: dict[int, torch.Tensor] = {}
         terms: list[dict[str, float]] = []
-        for client in clients:
+        for client in active:
             if settings.local_steps == 1:
                 value, client_terms = client.dream_gradient(current, settings.weights)
             else:
@@ -114,6 +120,7 @@ def collaborative_dreaming(
         result = aggregator.aggregate(responses, channel=channel, step=step)
         outcome.aggregations += 1
         ledger.sent(result.bytes_up, channel.value)
+        ledger.received_each(result.bytes_down, channel.value)
         mean = result.total.to(current.device) / public_count
         outcome.final_terms = _mean_terms(terms)
 
@@ -149,11 +156,15 @@ def _soft_labels(
     ledger: CommLedger,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean client logits on the dreams, obtained only as an aggregate."""
-    ids = [c.client_id for c in clients]
-    ledger.received(ids, tensor_bytes(dreams), "dreams")
-    logits = {c.client_id: c.dream_logits(dreams).to(dreams.device) for c in clients}
+    active = _active(clients, aggregator)
+    ledger.received([c.client_id for c in active], tensor_bytes(dreams), "dreams")
+    logits = {c.client_id: c.dream_logits(dreams).to(dreams.device) for c in active}
     result = aggregator.aggregate(logits, channel=Channel.LOGITS, step=step)
     ledger.sent(result.bytes_up, Channel.LOGITS.value)
+    ledger.received_each(result.bytes_down, Channel.LOGITS.value)
     soft = result.total.to(dreams.device) / public_count
-    ledger.received(ids, tensor_bytes(soft), "soft_labels")
+    # every client distils from the buffer, so clients that dropped get the dreams here too
+    ledger.received([c.client_id for c in clients], tensor_bytes(soft), "soft_labels")
+    missed = [c.client_id for c in clients if c not in active]
+    ledger.received(missed, tensor_bytes(dreams), "dreams")
     return dreams.clone(), soft
