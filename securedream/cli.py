@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", metavar="DIR", help="run folder (default: runs/<name>-<time>)")
     run.add_argument("--resume", metavar="DIR", help="continue an interrupted run folder")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--engine",
+        choices=("inprocess", "flower"),
+        default="inprocess",
+        help="inprocess (default) or flower (Flower simulation engine)",
+    )
 
     sub.add_parser("presets", help="list the shipped presets")
 
@@ -148,7 +154,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 "--out", f"{out} already holds a run; use --resume {out} or another --out"
             )
-        summary = run_experiment(cfg, out, progress=not args.quiet)
+        if args.engine == "flower":
+            from securedream.engines.flower import run_flower
+
+            summary = run_flower(cfg, out, progress=not args.quiet)
+        else:
+            summary = run_experiment(cfg, out, progress=not args.quiet)
     print(f"run folder: {out}")
     print(
         f"{summary['method']}: final mean client accuracy {summary['final_mean_accuracy']:.4f} "
@@ -174,8 +185,23 @@ def _cmd_bench_accuracy(args: argparse.Namespace) -> int:
     return run_accuracy_bench(args)
 
 
+def plugin_commands() -> dict[str, object]:
+    """Commands other packages register under the ``securedream.commands`` entry-point group.
+
+    ``securedream audit`` lives in the ``attacks`` package, which imports the engine; the engine
+    must not import it back, so it finds the command by name at run time instead.
+    """
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group="securedream.commands")}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    plugins = plugin_commands()
+    if argv and argv[0] in plugins:
+        command = plugins[argv[0]].load()  # type: ignore[attr-defined]
+        return int(command(argv[1:]))
     # `bench secagg` has its own parser (the protocol benchmark); hand it the rest verbatim.
     if argv[:2] == ["bench", "secagg"]:
         from securedream.bench.secagg import main as secagg_main

@@ -141,8 +141,8 @@ class SecureAggregationConfig:
 @dataclass(frozen=True)
 class PrivacyConfig:
     placement: str = _spec("off", choices=PLACEMENTS, help="where DP noise is added")
-    clip_gradient: float = _spec(1.0, low=0.0, low_open=True, high=1e9, help="C, dream channel")
-    clip_logits: float = _spec(10.0, low=0.0, low_open=True, high=1e9, help="C, logits channel")
+    clip_gradient: float = _spec(0.2, low=0.0, low_open=True, high=1e9, help="C, dream channel")
+    clip_logits: float = _spec(50.0, low=0.0, low_open=True, high=1e9, help="C, logits channel")
     noise_multiplier: float = _spec(0.0, low=0.0, high=1e9, help="z; noise std is z·C")
     target_epsilon: float = _spec(0.0, low=0.0, high=1e6, help="> 0: derive z from ε")
     delta: float = _spec(1e-5, low=0.0, low_open=True, high=0.1)

@@ -261,3 +261,29 @@ def test_dp_run_is_deterministic_and_resumable(tmp_path) -> None:
     b = _run(tmp_path / "b", *extra)
     assert a["final_client_accuracy"] == b["final_client_accuracy"]
     assert a["privacy"] == b["privacy"]
+
+
+def test_sample_level_dp_sgd_reports_opacus_epsilon(tmp_path) -> None:
+    summary = _run(
+        tmp_path,
+        "privacy.sample_level=true",
+        'clients.models="cnn-gn"',
+        "privacy.sample_noise_multiplier=1.5",
+    )
+    report = json.loads((tmp_path / "privacy.json").read_text())
+    sample = report["sample_level"]
+    assert report["placement"] == "off"
+    for entry in sample["clients"]:
+        acc = RDPAccountant()
+        acc.history = [(1.5, entry["sample_rate"], entry["steps"])]
+        assert entry["epsilon"] == pytest.approx(acc.get_epsilon(delta=sample["delta"]), rel=1e-9)
+        assert entry["steps"] > 0
+    assert summary["privacy"]["sample_level_epsilon_max"] == sample["epsilon_max"]
+
+
+def test_sample_level_dp_refuses_batchnorm_models(tmp_path) -> None:
+    from securedream.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="GroupNorm"):
+        _run(tmp_path, "privacy.sample_level=true", 'clients.models="cnn-bn"')
+    assert not (tmp_path / "config.toml").exists()

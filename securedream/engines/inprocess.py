@@ -116,16 +116,20 @@ def _write_privacy(folder: RunFolder, exp: Experiment) -> dict[str, Any]:
     """privacy.json (every parameter, for independent recomputation) and privacy.md."""
     from securedream.privacy.report import report_markdown
 
-    assert exp.privacy is not None
-    report = exp.privacy.report()
+    report = exp.privacy.report() if exp.privacy is not None else {"placement": "off"}
+    sample_level = exp.sample_level_report()
+    if sample_level is not None:
+        report["sample_level"] = sample_level
     folder.write_json("privacy.json", report)
     (folder.path / "privacy.md").write_text(report_markdown(report), encoding="utf-8")
-    return {
-        "epsilon_total": report["epsilon_total"],
-        "delta": report["delta"],
-        "noise_multiplier": report["noise_multiplier"],
-        "placement": report["placement"],
+    summary = {
+        key: report[key]
+        for key in ("epsilon_total", "delta", "noise_multiplier", "placement")
+        if key in report
     }
+    if sample_level is not None:
+        summary["sample_level_epsilon_max"] = sample_level["epsilon_max"]
+    return summary
 
 
 def run_experiment(
@@ -183,7 +187,7 @@ def run_experiment(
         finally:
             steps_bar.close()
         folder.append_metrics(report)
-        if exp.privacy is not None:
+        if exp.privacy is not None or cfg.privacy.sample_level:
             _write_privacy(folder, exp)
         records.append(report)
         if exp.last_dreams is not None and cfg.output.dream_grid:
@@ -214,7 +218,7 @@ def run_experiment(
     save_accuracy_plot(records, folder.path / "accuracy.png", f"{cfg.name}: {cfg.method}")
     summary = summarise(cfg, records, elapsed_before + time.perf_counter() - started)
     summary["stopped_early"] = stopped
-    if exp.privacy is not None:
+    if exp.privacy is not None or cfg.privacy.sample_level:
         summary["privacy"] = _write_privacy(folder, exp)
     summary["config"] = config_to_dict(cfg)
     folder.write_json("summary.json", summary)

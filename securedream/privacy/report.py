@@ -101,9 +101,37 @@ def build_report(rp: RunPrivacy) -> dict[str, Any]:
 
 
 def report_markdown(report: dict[str, Any]) -> str:
+    lines = ["# Privacy report", ""]
+    if report.get("placement", "off") != "off":
+        lines += _client_level_markdown(report)
+    else:
+        lines += ["Client-level DP: off (privacy.placement = off).", ""]
+    sample = report.get("sample_level")
+    if sample is not None:
+        lines += [
+            "## Sample-level DP (local training)",
+            "",
+            f"- unit: {sample['unit']}",
+            f"- mechanism: {sample['mechanism']}; z = {sample['noise_multiplier']}, "
+            f"max grad norm = {sample['max_grad_norm']}; accountant {sample['accountant']}, "
+            f"δ = {sample['delta']}",
+            "",
+            "| client | samples | sample rate | steps | ε |",
+            "|---|---|---|---|---|",
+            *[
+                f"| {c['client']} | {c['samples']} | {c['sample_rate']:.3g} | {c['steps']} | "
+                f"{c['epsilon']:.4g} |"
+                for c in sample["clients"]
+            ],
+            "",
+            *[f"- {note}" for note in sample["notes"]],
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _client_level_markdown(report: dict[str, Any]) -> list[str]:
     lines = [
-        "# Privacy report",
-        "",
         f"- unit: {report['unit']}",
         f"- neighbouring relation: {report['neighbouring_relation']}",
         f"- placement: {report['placement']}; mechanism: {report['mechanism']}",
@@ -127,4 +155,4 @@ def report_markdown(report: dict[str, Any]) -> str:
         *[f"- {item}" for item in report["not_protected"]],
         "",
     ]
-    return "\n".join(lines)
+    return lines

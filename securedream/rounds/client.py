@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from securedream.dreams import DreamLossWeights, dream_loss
+
+if TYPE_CHECKING:
+    from securedream.privacy.sample_level import SampleLevelDP
 
 
 @dataclass(frozen=True)
@@ -81,12 +85,42 @@ class ModelTrainer:
             weight_decay=training.weight_decay,
         )
 
+        self.sample_dp: SampleLevelDP | None = None
+        self.distill_optimizer = self.optimizer
+
     @property
     def num_samples(self) -> int:
         return int(self.train_y.shape[0])
 
+    def enable_sample_level_dp(
+        self, noise_multiplier: float, max_grad_norm: float, accountant: str, client_id: int
+    ) -> None:
+        """Switch local training to Opacus DP-SGD; distillation gets its own plain optimiser."""
+        from securedream.privacy.sample_level import SampleLevelDP
+
+        self.sample_dp = SampleLevelDP(
+            self.model,
+            self.optimizer,
+            self.train_x,
+            self.train_y,
+            batch_size=self.training.batch_size,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            accountant=accountant,
+            client_id=client_id,
+        )
+        self.optimizer = self.sample_dp.optimizer
+        self.distill_optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=self.training.lr,
+            momentum=self.training.momentum,
+            weight_decay=self.training.weight_decay,
+        )
+
     def train_local(self, epochs: int, generator: torch.Generator) -> float:
         """Cross-entropy SGD on the private data; returns the mean loss of the last epoch."""
+        if self.sample_dp is not None:
+            return self.sample_dp.train(epochs, generator, self.device)
         self.model.train()
         last = 0.0
         for _ in range(epochs):
@@ -112,11 +146,19 @@ class ModelTrainer:
         return correct / max(len(y), 1)
 
     def state_dict(self) -> dict[str, object]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        state: dict[str, object] = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+        if self.distill_optimizer is not self.optimizer:
+            state["distill_optimizer"] = self.distill_optimizer.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
         self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+        if "distill_optimizer" in state and self.distill_optimizer is not self.optimizer:
+            self.distill_optimizer.load_state_dict(state["distill_optimizer"])  # type: ignore[arg-type]
 
 
 class CoDreamClient(ModelTrainer):
@@ -183,10 +225,12 @@ class CoDreamClient(ModelTrainer):
         """Learn from (dreams, soft labels) by KL at temperature T, plus local cross-entropy."""
         if not buffer or settings.epochs == 0:
             return 0.0
+        if self.sample_dp is not None:
+            with_local_data = False  # an un-noised pass over private samples would void DP-SGD
         dreams = torch.cat([x for x, _ in buffer]).to(self.device)
         soft = torch.cat([s for _, s in buffer]).to(self.device)
-        saved_lr = [group["lr"] for group in self.optimizer.param_groups]
-        for group in self.optimizer.param_groups:
+        saved_lr = [group["lr"] for group in self.distill_optimizer.param_groups]
+        for group in self.distill_optimizer.param_groups:
             group["lr"] = settings.lr
         self.model.train()
         last = 0.0
@@ -196,7 +240,7 @@ class CoDreamClient(ModelTrainer):
                 total, count = 0.0, 0
                 for i, idx in enumerate(minibatches(len(dreams), settings.batch_size, generator)):
                     idx = idx.to(self.device)
-                    self.optimizer.zero_grad(set_to_none=True)
+                    self.distill_optimizer.zero_grad(set_to_none=True)
                     loss = settings.kd_weight * kd_loss(
                         self.model(dreams[idx]), soft[idx], settings.temperature
                     )
@@ -208,11 +252,11 @@ class CoDreamClient(ModelTrainer):
                     loss.backward()
                     if settings.clip_grad_norm > 0:
                         nn.utils.clip_grad_norm_(self.model.parameters(), settings.clip_grad_norm)
-                    self.optimizer.step()
+                    self.distill_optimizer.step()
                     total += float(loss.detach()) * len(idx)
                     count += len(idx)
                 last = total / max(count, 1)
         finally:
-            for group, lr in zip(self.optimizer.param_groups, saved_lr, strict=True):
+            for group, lr in zip(self.distill_optimizer.param_groups, saved_lr, strict=True):
                 group["lr"] = lr
         return last

@@ -63,6 +63,7 @@ def codream_round(
     exp.last_dreams = outcome.snapshots[-1][0]
     soft = outcome.snapshots[-1][1]
     report["dream_terms"] = outcome.final_terms
+    report["contribution_norms"] = outcome.contribution_norms
     report["dream_label_histogram"] = torch.bincount(
         soft.argmax(dim=1).cpu(), minlength=exp.data.num_classes
     ).tolist()

@@ -8,7 +8,7 @@ the same way: those are the soft labels.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -52,6 +52,9 @@ class DreamingOutcome:
     snapshots: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     final_terms: dict[str, float] = field(default_factory=dict)
     aggregations: int = 0
+    # mean L2 norm of one client's contribution per channel: what privacy.clip_* should be near
+    contribution_norms: dict[str, float] = field(default_factory=dict)
+    norm_counts: dict[str, int] = field(default_factory=dict)
 
 
 def snapshot_steps(steps: int, snapshots: int) -> set[int]:
@@ -63,6 +66,18 @@ def _active(clients: Sequence[DreamingClient], aggregator: Aggregator) -> list[D
     """Clients the aggregator still counts this round; the server stops sending to the others."""
     keep = set(aggregator.active_clients([c.client_id for c in clients]))
     return [c for c in clients if c.client_id in keep]
+
+
+def _track_norms(outcome: DreamingOutcome, channel: str, values: Iterable[torch.Tensor]) -> None:
+    """Running mean over the round of the mean client contribution norm on ``channel``."""
+    norms = [float(torch.linalg.vector_norm(v)) for v in values]
+    if not norms:
+        return
+    current = sum(norms) / len(norms)
+    count = outcome.norm_counts.get(channel, 0)
+    previous = outcome.contribution_norms.get(channel, 0.0)
+    outcome.contribution_norms[channel] = (previous * count + current) / (count + 1)
+    outcome.norm_counts[channel] = count + 1
 
 
 def _mean_terms(per_client: Sequence[Mapping[str, float]]) -> dict[str, float]:
@@ -117,6 +132,7 @@ def collaborative_dreaming(
                 )
             responses[client.client_id] = value.to(current.device)
             terms.append(client_terms)
+        _track_norms(outcome, channel.value, responses.values())
         result = aggregator.aggregate(responses, channel=channel, step=step)
         outcome.aggregations += 1
         ledger.sent(result.bytes_up, channel.value)
@@ -140,7 +156,9 @@ def collaborative_dreaming(
 
         if step in take_snapshot:
             outcome.snapshots.append(
-                _soft_labels(param.detach(), clients, aggregator, step, public_count, ledger)
+                _soft_labels(
+                    param.detach(), clients, aggregator, step, public_count, ledger, outcome
+                )
             )
         if on_step is not None:
             on_step(step)
@@ -154,11 +172,13 @@ def _soft_labels(
     step: int,
     public_count: int,
     ledger: CommLedger,
+    outcome: DreamingOutcome,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean client logits on the dreams, obtained only as an aggregate."""
     active = _active(clients, aggregator)
     ledger.received([c.client_id for c in active], tensor_bytes(dreams), "dreams")
     logits = {c.client_id: c.dream_logits(dreams).to(dreams.device) for c in active}
+    _track_norms(outcome, Channel.LOGITS.value, logits.values())
     result = aggregator.aggregate(logits, channel=Channel.LOGITS, step=step)
     ledger.sent(result.bytes_up, Channel.LOGITS.value)
     ledger.received_each(result.bytes_down, Channel.LOGITS.value)
