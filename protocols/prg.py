@@ -69,13 +69,14 @@ def expand_into(
         raise ConfigError(f"mask key must be {_KEY_BYTES} bytes, got {len(key)}")
     _check_chunk(chunk_bytes)
     itemsize = acc.dtype.itemsize
-    per = chunk_bytes // itemsize
+    total = acc.shape[0]
+    chunk = min(chunk_bytes, max(total * itemsize, _BLOCK))  # small vectors: small buffers
+    per = chunk // itemsize
     enc = _encryptor(key)
-    zeros = bytes(chunk_bytes)
-    buf = bytearray(chunk_bytes + _BLOCK)  # update_into needs len(data) + block - 1 bytes
+    zeros = _zeros(chunk)
+    buf = bytearray(chunk + _BLOCK)  # update_into needs len(data) + block - 1 bytes
     view = np.frombuffer(buf, dtype=acc.dtype.newbyteorder("<"), count=per)
     op = np.add if sign == 1 else np.subtract
-    total = acc.shape[0]
     for start in range(0, total, per):
         m = min(per, total - start)
         if m == per:
@@ -86,6 +87,17 @@ def expand_into(
             part = view[:m]
         target = acc[start : start + m]
         op(target, part, out=target)
+
+
+_ZERO_POOL: list[bytes] = [bytes(DEFAULT_CHUNK_BYTES)]
+
+
+def _zeros(n: int) -> memoryview:
+    """A read-only view of ``n`` zero bytes: the AES-CTR input, shared and never written, so
+    expanding a mask allocates no zero buffer (grown on demand for larger chunk sizes)."""
+    if n > len(_ZERO_POOL[0]):
+        _ZERO_POOL[0] = bytes(n)
+    return memoryview(_ZERO_POOL[0])[:n]
 
 
 def expand(key: bytes, length: int, dtype: np.dtype | type = np.uint32) -> np.ndarray:
@@ -140,7 +152,7 @@ def throughput_probe(nbytes: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Non
     """Generate ``nbytes`` of keystream into a reused buffer without adding (raw-speed probe)."""
     _check_chunk(chunk_bytes)
     enc = _encryptor(os.urandom(_KEY_BYTES))
-    zeros = bytes(chunk_bytes)
+    zeros = _zeros(chunk_bytes)
     buf = bytearray(chunk_bytes + _BLOCK)
     done = 0
     while done < nbytes:

@@ -116,6 +116,7 @@ class Server:
         # per aggregation
         self._participants: frozenset[int] = frozenset()  # P^j: hold/handed out step-j shares
         self._forwarded: dict[int, frozenset[int]] = {}  # sender -> recipients (step j)
+        self._holdings: dict[int, frozenset[int]] = {}  # holder -> owners whose shares it holds
         self._bundles: dict[int, KeyBundle] = {}  # bundles being collected (for step j or j+1)
         self._mask_pks: dict[int, bytes] = {}  # step-j mask public keys
         self._inputs: set[int] = set()
@@ -123,10 +124,13 @@ class Server:
         self._dim: int | None = None
         self._survivors: tuple[int, ...] = ()
         self._dropped_now: tuple[int, ...] = ()
+        self._survivor_set: frozenset[int] = frozenset()
+        self._dropped_set: frozenset[int] = frozenset()
         self._signatures: dict[int, bytes] = {}
         self._unmask_recipients: frozenset[int] = frozenset()
         self._unmask: dict[int, UnmaskShares] = {}
         self._next_forwarded: dict[int, frozenset[int]] = {}
+        self._next_holdings: dict[int, frozenset[int]] = {}
         self._next_pks: dict[int, bytes] = {}
 
     # ------------------------------------------------------------------ introspection
@@ -291,19 +295,15 @@ class Server:
         )
         self._signatures[m.sender] = m.signature
 
-    def _holds(self, holder: int, owner: int) -> bool:
-        return holder == owner or holder in self._forwarded.get(owner, frozenset())
-
     def _on_unmask_shares(self, m: UnmaskShares) -> None:
         u = m.sender
         if u not in self._unmask_recipients:
             raise InconsistentMessage(f"client {u} was not asked to unmask step {self._step}")
         if u in self._unmask:
             raise ReplayedMessage(f"client {u} already sent its unmask shares")
-        survivors = set(self._survivors)
-        held = {v for v in self._participants if self._holds(u, v)}
-        want_self = {v for v in held if v in survivors}
-        want_key = {v for v in held if v in set(self._dropped_now)}
+        held = self._holdings.get(u, frozenset())
+        want_self = held & self._survivor_set
+        want_key = held & self._dropped_set
         got_self = {v for v, _ in m.self_shares}
         got_key = {v for v, _ in m.key_shares}
         if got_self != want_self or got_key != want_key:
@@ -392,6 +392,11 @@ class Server:
                     outgoing[w].append(ForwardedBundle(v, bundle.mask_pk, bundle.signature, ct))
                     forwarded[v].add(w)
         self._forwarded = {v: frozenset(ws) for v, ws in forwarded.items()}
+        holdings: dict[int, set[int]] = {u: {u} for u in pool}
+        for v, ws in forwarded.items():
+            for w in ws:
+                holdings[w].add(v)
+        self._holdings = {u: frozenset(vs) for u, vs in holdings.items()}
         self._mask_pks = {v: self._bundles[v].mask_pk for v in pool}
         return {w: tuple(items) for w, items in outgoing.items()}
 
@@ -429,6 +434,8 @@ class Server:
         self._check_neighbourhoods(survivors, "masked input")
         self._survivors = tuple(sorted(survivors))
         self._dropped_now = tuple(sorted(self._participants - survivors))
+        self._survivor_set = frozenset(survivors)
+        self._dropped_set = frozenset(self._dropped_now)
         self._closed_steps.add((MessageType.MASKED_INPUT, self._step))
         if self.config.active:
             req = wire.encode(ConsistencyRequest(self.session, self._step, self._survivors))
@@ -449,10 +456,11 @@ class Server:
     def _request_unmask(self, recipients: frozenset[int]) -> StageOutput:
         """Ask ``recipients`` for their shares; forward their key bundles for the next step."""
         step = self._step
-        current_forwarded, current_pks = self._forwarded, self._mask_pks
+        current = self._forwarded, self._holdings, self._mask_pks
         next_bundles = self._forward(step + 1, recipients)
-        self._next_forwarded, self._next_pks = self._forwarded, self._mask_pks
-        self._forwarded, self._mask_pks = current_forwarded, current_pks
+        self._next_forwarded, self._next_holdings = self._forwarded, self._holdings
+        self._next_pks = self._mask_pks
+        self._forwarded, self._holdings, self._mask_pks = current
         self._bundles = {}
         sigs = tuple(sorted(self._signatures.items()))
         msgs = {
@@ -521,13 +529,16 @@ class Server:
         # ---- next aggregation ----
         self._closed_steps.add((MessageType.UNMASK_SHARES, step))
         self._participants = self._unmask_recipients
-        self._forwarded, self._mask_pks = self._next_forwarded, self._next_pks
+        self._forwarded, self._holdings = self._next_forwarded, self._next_holdings
+        self._mask_pks = self._next_pks
         self._step = step + 1
         self._inputs = set()
         self._acc = None
         self._dim = None
         self._survivors = ()
         self._dropped_now = ()
+        self._survivor_set = frozenset()
+        self._dropped_set = frozenset()
         self._signatures = {}
         self._unmask = {}
         self._unmask_recipients = frozenset()

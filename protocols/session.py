@@ -66,7 +66,8 @@ class AggregateResult:
     ``integer_sum`` is always the signed integer sum in Z_{2^b}; ``survivors`` are the clients whose
     inputs are in the sum; ``dropped`` every client out of the session after this aggregation.
     Byte counts are wire bytes of this aggregation (including session set-up for the first one);
-    ``client_seconds`` is the compute time spent inside each client's state machine.
+    ``client_seconds`` / ``server_seconds`` are CPU seconds (``time.process_time``) spent inside
+    each party's state machine -- compute, unaffected by other load on the machine.
     """
 
     step: int
@@ -254,9 +255,9 @@ class InProcessSession:
         counters["up"][u] += len(data)
         if self.transcript is not None:
             self.transcript.append((step, "up", u, data))
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         self._server.receive(data, sender=u)
-        counters["server"][0] += time.perf_counter() - t0
+        counters["server"][0] += time.process_time() - t0
 
     def _deliver(
         self,
@@ -272,27 +273,27 @@ class InProcessSession:
             counters["down"][u] += len(data)
             if self.transcript is not None:
                 self.transcript.append((step, "down", u, data))
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             try:
                 replies[u] = self._clients[u].receive(data)
             except TooFewSurvivors:
                 self._out.add(u)  # the client aborted: it drops out
                 replies[u] = []
-            counters["client"][u] += time.perf_counter() - t0
+            counters["client"][u] += time.process_time() - t0
         return replies
 
     def _close_stage(self, counters: dict, step: int) -> StageOutput:
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         try:
             out = self._server.close_stage()
         except TooFewSurvivors as exc:
-            counters["server"][0] += time.perf_counter() - t0
+            counters["server"][0] += time.process_time() - t0
             self._aborted = str(exc)
             for u, data in exc.notifications.items():
                 if u not in self._out:
                     self._clients[u].receive(data)
             raise
-        counters["server"][0] += time.perf_counter() - t0
+        counters["server"][0] += time.process_time() - t0
         return out
 
     # ------------------------------------------------------------------ one aggregation
@@ -341,9 +342,9 @@ class InProcessSession:
             for u in alive:
                 if drops_at(u, Stage.ADVERTISE):
                     continue
-                t0 = time.perf_counter()
+                t0 = time.process_time()
                 msg = self._clients[u].start()
-                counters["client"][u] += time.perf_counter() - t0
+                counters["client"][u] += time.process_time() - t0
                 self._up(u, msg, counters, step)
             replies = self._deliver(self._close_stage(counters, step), counters, step, set())
             for u, msgs in sorted(replies.items()):
@@ -356,14 +357,14 @@ class InProcessSession:
         for u in sorted(i for i in alive if i not in self._out):
             if drops_at(u, Stage.MASKED_INPUT):
                 continue
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             try:
                 msg = self._clients[u].submit_input(vectors[u], w.get(u, 1.0))
             except TooFewSurvivors:
                 self._out.add(u)
                 continue
             finally:
-                counters["client"][u] += time.perf_counter() - t0
+                counters["client"][u] += time.process_time() - t0
             self._up(u, msg, counters, step)
         out = self._close_stage(counters, step)
         if self.config.active:

@@ -104,8 +104,11 @@ class _Writer:
         _check_sorted(tuple(i for i, _ in items), name, LocalProtocolError)
         self.u32(len(items))
         for i, blob in items:
-            self.u32(i)
-            self.fixed(blob, size, name)
+            if len(blob) != size:
+                raise LocalProtocolError(f"field {name!r} must be {size} bytes, got {len(blob)}")
+            if not 0 <= i < 1 << 32:
+                raise LocalProtocolError(f"value {i} does not fit in u32")
+            self.parts.append(i.to_bytes(4, "big") + blob)
 
 
 def _check_sorted(ids: tuple[int, ...], name: str, exc: type[Exception]) -> None:
@@ -183,10 +186,15 @@ class _Reader:
 
     def keyed(self, name: str, size: int) -> tuple[tuple[int, bytes], ...]:
         n = self.count(name, 4 + size)
+        data, pos, limit = self.data, self.pos, self.limits.max_clients
         out = []
         for _ in range(n):
-            i = self.client(name)
-            out.append((i, self.fixed(size, name)))
+            i = int.from_bytes(data[pos : pos + 4], "big")
+            if i >= limit:
+                raise MalformedMessage(f"field {name!r}: client id {i} >= max_clients {limit}")
+            out.append((i, data[pos + 4 : pos + 4 + size]))
+            pos += 4 + size
+        self.pos = pos
         _check_sorted(tuple(i for i, _ in out), name, MalformedMessage)
         return tuple(out)
 
@@ -231,11 +239,15 @@ def _r_bundle(r: _Reader) -> KeyBundle:
 def _w_forwarded(w: _Writer, items: tuple[ForwardedBundle, ...], name: str) -> None:
     _check_sorted(tuple(b.sender for b in items), name, LocalProtocolError)
     w.u32(len(items))
+    pack = struct.Struct(">I32sB").pack
     for b in items:
-        w.u32(b.sender)
-        w.fixed(b.mask_pk, PUBLIC_KEY_BYTES, "mask_pk")
-        w.sig(b.signature)
-        w.fixed(b.ciphertext, SHARE_CIPHERTEXT_BYTES, "ciphertext")
+        if len(b.mask_pk) != PUBLIC_KEY_BYTES or len(b.ciphertext) != SHARE_CIPHERTEXT_BYTES:
+            raise LocalProtocolError(f"field {name!r}: bad key or ciphertext length")
+        if len(b.signature) not in (0, SIGNATURE_BYTES):
+            raise LocalProtocolError(f"signature must be 0 or 64 bytes, got {len(b.signature)}")
+        if not 0 <= b.sender < 1 << 32:
+            raise LocalProtocolError(f"value {b.sender} does not fit in u32")
+        w.parts.append(pack(b.sender, b.mask_pk, len(b.signature)) + b.signature + b.ciphertext)
 
 
 def _r_forwarded(r: _Reader, name: str) -> tuple[ForwardedBundle, ...]:
@@ -398,7 +410,8 @@ def _dec_unmask_req(r: _Reader) -> UnmaskRequest:
 def _enc_abort(w: _Writer, m: Abort) -> None:
     w.fixed(m.session, SESSION_ID_BYTES, "session")
     w.u32(m.step)
-    raw = m.reason.encode("utf-8")[:MAX_REASON_BYTES]
+    # truncate on a character boundary, so that what is sent decodes
+    raw = m.reason.encode("utf-8")[:MAX_REASON_BYTES].decode("utf-8", "ignore").encode("utf-8")
     w.parts.append(struct.pack(">H", len(raw)) + raw)
 
 

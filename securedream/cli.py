@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="securedream",
         description="Private, measurable CoDream federated learning.",
+        epilog="More commands from installed packages: "
+        + (", ".join(sorted(plugin_commands())) or "none")
+        + " (e.g. `securedream audit --help`, from the attacks package).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -163,7 +166,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"run folder: {out}")
     print(
         f"{summary['method']}: final mean client accuracy {summary['final_mean_accuracy']:.4f} "
-        f"± {summary['final_std_accuracy']:.4f} over {summary['clients']} clients; "
+        f"± {summary['final_std_accuracy']:.4f} over {len(summary['final_client_accuracy'])} "
+        "model(s); "
         f"{summary['bytes_per_client_round'] / 1e6:.2f} MB per client per round; "
         f"{summary['timing']['seconds']:.1f} s"
     )

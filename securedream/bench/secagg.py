@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -36,7 +37,7 @@ import numpy as np
 
 from protocols.bench import BenchResult, measure_throughput, run_secagg_bench
 from protocols.errors import ConfigError
-from protocols.params import MAX_CLIENTS, MAX_DIM_LIMIT
+from protocols.params import MAX_CLIENTS, MAX_DIM_LIMIT, SecAggConfig
 
 FLOWER_WORKFLOW_SHAPE = (10, 100_000)
 
@@ -213,14 +214,14 @@ def flower_primitives(
     x = [rng.uniform(-1, 1, dim).astype(np.float32)]
     timings: dict[str, float] = {}
 
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     sk1, pk1 = generate_key_pairs()
     sk2, pk2 = generate_key_pairs()
     sk1_b, sk2_b = private_key_to_bytes(sk1), private_key_to_bytes(sk2)
     public_key_to_bytes(pk1), public_key_to_bytes(pk2)
-    timings["setup"] = time.perf_counter() - t0
+    timings["setup"] = time.process_time() - t0
 
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     rd_seed = os.urandom(32)
     b_shares = create_shares(rd_seed, threshold, k + 1)
     sk1_shares = create_shares(sk1_b, threshold, k + 1)
@@ -235,9 +236,9 @@ def flower_primitives(
                 ),
             )
         )
-    timings["share_keys"] = time.perf_counter() - t0
+    timings["share_keys"] = time.process_time() - t0
 
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for key, ct in cts:  # stand-in for the neighbours' ciphertexts: same size, same work
         decrypt(key, ct)
     q = quantize(x, 8.0, 1 << 22)
@@ -249,28 +250,28 @@ def flower_primitives(
             parameters_addition(masked, mask) if j % 2 else parameters_subtraction(masked, mask)
         )
     parameters_mod(masked, mod_range)
-    timings["masked_input"] = time.perf_counter() - t0
+    timings["masked_input"] = time.process_time() - t0
     client_seconds = sum(timings.values())
 
     # server: sample the per-secret and per-mask costs, multiply by the counts Flower performs
     # (it regenerates the pairwise masks of a dropped client with *all* its neighbours)
     samples = max(1, server_samples)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for _ in range(samples):
         combine_shares(b_shares[:threshold])
-    per_seed = (time.perf_counter() - t0) / samples
-    t0 = time.perf_counter()
+    per_seed = (time.process_time() - t0) / samples
+    t0 = time.process_time()
     for _ in range(max(1, samples // 3)):
         combine_shares(sk1_shares[:threshold])
-    per_key = (time.perf_counter() - t0) / max(1, samples // 3)
+    per_key = (time.process_time() - t0) / max(1, samples // 3)
     acc = masked
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for j in range(samples):
         shared = generate_shared_key(
             bytes_to_private_key(sk1_b), bytes_to_public_key(peer_pk[j % k])
         )
         acc = parameters_subtraction(acc, pseudo_rand_gen(shared, mod_range, shape))
-    per_mask = (time.perf_counter() - t0) / samples
+    per_mask = (time.process_time() - t0) / samples
     n_masks = survivors + dropped * k
     server_seconds = survivors * per_seed + dropped * per_key + n_masks * per_mask
     return {
@@ -341,25 +342,30 @@ def flower_workflow(
 ) -> dict[str, Any]:
     """Run Flower's SecAgg+ workflow in simulation in a subprocess; per-stage medians over rounds
     2..``rounds`` (the first round includes Ray start-up)."""
-    ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir=run_dir))
+    # Ray puts unix sockets under RAY_TMPDIR; their paths must stay below ~107 bytes, so a deep
+    # run folder falls back to a short folder in the system temp dir.
+    base = run_dir if len(str(run_dir.resolve())) <= 40 else None
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir=base))
     env = dict(os.environ, RAY_TMPDIR=str(ray_tmp), RAY_DEDUP_LOGS="0")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _WORKFLOW_CHILD,
-            str(clients),
-            str(dim),
-            str(rounds),
-            str(threshold),
-        ],
-        capture_output=True,
+    cmd = [sys.executable, "-c", _WORKFLOW_CHILD, str(clients), str(dim), str(rounds)]
+    cmd.append(str(threshold))
+    # own process group, so that a timeout also ends the Ray daemons the child started
+    child = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         env=env,
         cwd=run_dir,
-        check=False,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        return {"error": f"Flower workflow did not finish within {timeout:.0f} s"}
+    proc = subprocess.CompletedProcess(cmd, child.returncode, stdout, stderr)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("SECAGG_JSON ")), None)
     if proc.returncode != 0 or line is None:
         tail = (proc.stderr or proc.stdout)[-2000:]
@@ -379,6 +385,7 @@ def flower_workflow(
         "stage_seconds": {k: statistics.median(v[1:] or v) for k, v in stages.items()},
         "first_round_seconds": per_round[0] if per_round else None,
         "process_seconds": data["total"],
+        "ray_tmpdir": str(ray_tmp),
     }
 
 
@@ -499,7 +506,21 @@ def main(argv: list[str] | None = None) -> int:
     if round(args.dropout * args.clients) > args.clients - 1:
         print("error: --dropout leaves no survivor", file=sys.stderr)
         return 2
-    throughput = measure_throughput(bits=args.bits)
+    try:  # validate the protocol configuration before spending time on measurements
+        SecAggConfig(
+            args.clients,
+            graph=args.graph,
+            degree=args.degree,
+            threshold=args.threshold,
+            dropout_rate=args.dropout,
+            corruption_rate=args.corruption,
+            bits=args.bits,
+            max_dim=args.dim,
+        )
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    throughput = measure_throughput(args.dim, args.bits)
     try:
         res = run_secagg_bench(
             args.clients,

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from securedream.aggregation import Aggregator
+from securedream.aggregation import Aggregator, PlainAggregator
 from securedream.comm import CommLedger
 from securedream.config import RunConfig
 from securedream.data import DatasetBundle, load_dataset, split_clients
@@ -80,6 +80,8 @@ class Experiment:
             batch_size=cfg.clients.batch_size,
         )
         self.privacy = None
+        if aggregator is None and cfg.method != "codream":
+            aggregator = PlainAggregator()  # baselines never aggregate through it
         if aggregator is None:
             from securedream.aggregation.factory import build_aggregation
 

@@ -363,3 +363,85 @@ def test_active_mode_rejects_unsigned_or_forged_keys() -> None:
     with pytest.raises(AuthenticationError):
         h.server.receive(wire.encode(dataclasses.replace(adv, signature=b"")))
     h.server.receive(wire.encode(adv))
+
+
+def _mutate(data: st.DataObject, frame: bytes) -> bytes:
+    out = bytearray(frame)
+    for _ in range(data.draw(st.integers(1, 4), label="flips")):
+        pos = data.draw(
+            st.integers(8, len(out) - 1), label="pos"
+        )  # keep the header: reach the body
+        out[pos] = data.draw(st.integers(0, 255), label="byte")
+    return bytes(out)
+
+
+@given(data=st.data(), active=st.booleans())
+def test_mutated_messages_raise_only_protocol_errors_and_leave_state(
+    data: st.DataObject, active: bool
+) -> None:
+    """Tamper with genuine in-flight messages at every stage: each is accepted or raises a
+    ProtocolError subclass, and a rejected one leaves the receiving state machine unchanged."""
+    h = Harness(SecAggConfig(4, threshold=2, mode="active" if active else "semi-honest"))
+    server, clients = h.server, h.clients
+
+    def attack_server(frame: bytes, sender: int) -> None:
+        before = snapshot(server)
+        try:
+            server.receive(_mutate(data, frame), sender=sender)
+        except ProtocolError:
+            assert snapshot(server) == before
+        else:
+            raise _Accepted
+
+    def attack_client(u: int, frame: bytes) -> None:
+        before = snapshot(clients[u])
+        try:
+            clients[u].receive(_mutate(data, frame))
+        except ProtocolError:
+            assert snapshot(clients[u]) == before
+        else:
+            raise _Accepted
+
+    stage = data.draw(
+        st.sampled_from(["advertise", "roster", "share", "forward", "input", "unmask"])
+    )
+    try:
+        adverts = {u: c.start() for u, c in clients.items()}
+        if stage == "advertise":
+            attack_server(adverts[0], 0)
+        for a in adverts.values():
+            server.receive(a)
+        rosters = server.close_stage().messages
+        if stage == "roster":
+            attack_client(0, rosters[0])
+        shares = {u: clients[u].receive(r)[0] for u, r in rosters.items()}
+        if stage == "share":
+            attack_server(shares[0], 0)
+        for s in shares.values():
+            server.receive(s)
+        forwards = server.close_stage().messages
+        if stage == "forward":
+            attack_client(0, forwards[0])
+        for u, f in forwards.items():
+            clients[u].receive(f)
+        inputs = {u: c.submit_input(np.arange(3)) for u, c in clients.items()}
+        if stage == "input":
+            attack_server(inputs[0], 0)
+        for m in inputs.values():
+            server.receive(m)
+        out = server.close_stage().messages
+        if active:
+            sigs = {u: clients[u].receive(m)[0] for u, m in out.items()}
+            for s in sigs.values():
+                server.receive(s)
+            out = server.close_stage().messages
+        if stage == "unmask":
+            attack_client(0, out[0])
+            replies = {u: clients[u].receive(m)[0] for u, m in out.items()}
+            attack_server(replies[1], 1)
+    except _Accepted:
+        pass
+
+
+class _Accepted(Exception):
+    """A mutation that still decoded and validated (e.g. a changed masked-vector byte)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
-from hypothesis import event
+from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from secagg_support import Harness, snapshot
@@ -179,6 +179,4 @@ class SecAggSession(RuleBasedStateMachine):
 
 
 TestSecAggSession = SecAggSession.TestCase
-TestSecAggSession.settings = __import__("hypothesis").settings(
-    stateful_step_count=30, deadline=None
-)
+TestSecAggSession.settings = settings(stateful_step_count=30, deadline=None)

@@ -180,3 +180,9 @@ def test_masked_input_array_view_is_read_only() -> None:
     assert arr.tolist() == [1, 2**32 - 1] and msg.dim == 2
     with pytest.raises(ValueError):
         arr[0] = 5
+
+
+def test_long_abort_reason_is_truncated_on_a_character_boundary() -> None:
+    msg = m.Abort(bytes(16), 3, "é" * 2000)
+    out = wire.decode(wire.encode(msg), LIMITS)
+    assert out.reason == "é" * 512 and out.step == 3
