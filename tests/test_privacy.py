@@ -28,7 +28,7 @@ from securedream.privacy.accounting import (
 )
 from securedream.privacy.aggregator import DPAggregator, DPSettings
 from securedream.privacy.clipping import clip_l2
-from securedream.privacy.noise import NoiseSource
+from securedream.privacy.noise import NoiseSource, poisson_log_pmf
 
 # Statistical tests below use a false-failure rate of 1e-6 each.
 ALPHA = 1e-6
@@ -74,7 +74,7 @@ def test_gaussian_sampler_has_configured_std_and_is_normal() -> None:
     assert stats.kstest(samples / 2.5, "norm").pvalue > ALPHA
 
 
-@pytest.mark.parametrize("mu", [0.7, 4.0, 25.0, 1e4, 1e9])
+@pytest.mark.parametrize("mu", [0.7, 4.0, 25.0, 1e4, 1e9, 1e12, 5e14])
 def test_skellam_sampler_moments(mu: float) -> None:
     samples = NoiseSource.from_seed(2, mu).skellam(100_000, mu)
     assert samples.dtype == np.int64
@@ -88,6 +88,22 @@ def test_skellam_sampler_moments(mu: float) -> None:
         observed = counts[keep]
         expected *= observed.sum() / expected.sum()
         assert stats.chisquare(observed, expected).pvalue > ALPHA
+
+
+@pytest.mark.parametrize("mu", [10.0, 37.5, 1000.0])
+def test_poisson_log_pmf_matches_scipy(mu: float) -> None:
+    k = np.arange(0, int(mu + 12 * math.sqrt(mu)))
+    assert np.allclose(poisson_log_pmf(k, mu), stats.poisson.logpmf(k, mu), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("mu", [1e8, 1e12, 2.0**50])
+def test_poisson_log_pmf_is_normalised_at_large_means(mu: float) -> None:
+    """Where −μ + k·log μ − log k! cancels catastrophically, the stable form still sums to 1."""
+    sigma = math.sqrt(mu)
+    k = np.round(mu + np.arange(-12 * sigma, 12 * sigma, max(1.0, sigma / 200)))
+    step = k[1] - k[0]
+    total = np.exp(poisson_log_pmf(k, mu)).sum() * step
+    assert total == pytest.approx(1.0, abs=1e-3)
 
 
 def test_noise_keys() -> None:

@@ -33,6 +33,8 @@ from securedream.privacy.noise import NoiseSource
 # Skellam tails beyond this many standard deviations are never reached in practice (< 1e-20 per
 # coordinate); the fixed-point scale leaves this much headroom so noisy shares cannot overflow.
 NOISE_HEADROOM_SIGMAS = 10.0
+# Largest Skellam parameter of one client's noise share (see distributed_scale).
+MAX_SHARE_MU = 2.0**40
 
 
 @dataclass(frozen=True)
@@ -50,18 +52,22 @@ class DPSettings:
 def distributed_scale(
     noise_multiplier: float, num_clients: int, min_survivors: int, bits: int, dim_hint: int
 ) -> float:
-    """Largest power-of-two scale s at which a client's encoded value plus its noise share fits.
+    """Largest power-of-two scale s that satisfies two limits.
 
-    In units of C, one client's encoded contribution has |q_i| ≤ s and its noise share has
-    std ≈ z·(s + √d)/√(min_survivors); the protocol requires every input within
+    Overflow: in units of C, one client's encoded contribution has |q_i| ≤ s and its noise share
+    has std z·(s + √d)/√(min_survivors); the protocol requires every input within
     (2^(b−1) − 1) / n so that n of them cannot overflow.
+    Exact sampling: the share's Skellam parameter μ = (z·(s + √d))² / (2·min_survivors) stays at
+    most ``MAX_SHARE_MU`` so the Poisson sampler keeps integer resolution in float64.
+    A finer scale buys nothing once the rounding step 1/s is far below the noise.
     """
     bound = ((1 << (bits - 1)) - 1) // num_clients
+    root_d = math.sqrt(dim_hint)
     per_unit = 1.0 + NOISE_HEADROOM_SIGMAS * noise_multiplier / math.sqrt(min_survivors)
-    extra = (
-        NOISE_HEADROOM_SIGMAS * noise_multiplier * math.sqrt(dim_hint) / math.sqrt(min_survivors)
-    )
+    extra = NOISE_HEADROOM_SIGMAS * noise_multiplier * root_d / math.sqrt(min_survivors)
     s = (bound - extra) / per_unit
+    if noise_multiplier > 0:
+        s = min(s, math.sqrt(2.0 * min_survivors * MAX_SHARE_MU) / noise_multiplier - root_d)
     if s < 16:
         raise SecureDreamError(
             f"distributed DP: noise_multiplier {noise_multiplier} with {num_clients} clients does "

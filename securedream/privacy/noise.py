@@ -30,6 +30,38 @@ from protocols.prg import expand
 _TWO_53 = float(1 << 53)
 
 
+# Above this mean, k ≈ μ ± 10σ no longer has integer resolution to spare in float64 (2^53 ≈ 9e15);
+# the distributed-DP layer chooses its fixed-point scale so shares stay far below it.
+MAX_POISSON_MEAN = 2.0**50
+
+
+def _stirling_error(k: np.ndarray) -> np.ndarray:
+    """log k! − (k log k − k + ½ log 2πk), by its asymptotic series (k ≥ 15: error < 1e-16)."""
+    inv = 1.0 / k
+    inv2 = inv * inv
+    return inv * (1 / 12 - inv2 * (1 / 360 - inv2 * (1 / 1260 - inv2 / 1680)))
+
+
+def poisson_log_pmf(k: np.ndarray, mu: float) -> np.ndarray:
+    """log P(K = k) for K ~ Poisson(μ), without the catastrophic cancellation of
+    −μ + k·log μ − log k! at large μ (each term ~ μ log μ while their sum is O(log μ)):
+    log p = (k − μ) − k·log1p((k − μ)/μ) − ½ log(2πk) − stirling_error(k)."""
+    k = np.asarray(k, dtype=np.float64)
+    out = np.full(k.shape, -np.inf)
+    small = (k >= 0) & (k < 15)
+    large = k >= 15
+    if small.any():
+        ks = k[small]
+        out[small] = -mu + ks * math.log(mu) - gammaln(ks + 1)
+    if large.any():
+        kl = k[large]
+        diff = kl - mu
+        out[large] = (
+            diff - kl * np.log1p(diff / mu) - 0.5 * np.log(2 * np.pi * kl) - _stirling_error(kl)
+        )
+    return out
+
+
 class NoiseSource:
     """A stream of uniform variates from AES-CTR under a per-call subkey."""
 
@@ -101,8 +133,12 @@ class NoiseSource:
 
     def _poisson_ptrs(self, count: int, mu: float) -> np.ndarray:
         """Hörmann (1993) PTRS, vectorised: redraw only the rejected positions."""
+        if mu > MAX_POISSON_MEAN:
+            raise ValueError(
+                f"poisson mean {mu:.4g} exceeds {MAX_POISSON_MEAN:.4g}: float64 can no longer "
+                "place every integer near the mean, so the sample would not be exact"
+            )
         slam = math.sqrt(mu)
-        loglam = math.log(mu)
         b = 0.931 + 2.53 * slam
         a = -0.059 + 0.02483 * b
         invalpha = 1.1239 + 1.1328 / (b - 3.4)
@@ -118,7 +154,7 @@ class NoiseSource:
             quick = (us >= 0.07) & (v <= vr)
             with np.errstate(divide="ignore", invalid="ignore"):
                 log_v = np.log(v * invalpha / (a / (us * us) + b))
-                bound = -mu + k * loglam - gammaln(k + 1)
+                bound = poisson_log_pmf(k, mu)
             slow_ok = (k >= 0) & ~((us < 0.013) & (v > us)) & (log_v <= bound)
             accept = quick | slow_ok
             out[todo[accept]] = k[accept].astype(np.int64)

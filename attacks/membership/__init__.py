@@ -1,0 +1,1 @@
+"""Membership inference against CoDream: the distilled client models and the dream oracle."""

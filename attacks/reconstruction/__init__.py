@@ -1,0 +1,1 @@
+"""Reconstruction: how close dreams (or a white-box inversion) come to clients' training images."""
