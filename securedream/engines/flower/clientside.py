@@ -1,0 +1,714 @@
+"""The client side of CoDream on Flower: one node's private data, model, buffer and protocol client.
+
+A :class:`NodeRuntime` is rebuilt from the run config and the node's partition id exactly the way
+:class:`securedream.rounds.experiment.Experiment` builds client k (same dataset load, same seeded
+split, same model seed ``derive_seed(seed, "model", k)``, same optimiser), so a node trains
+bit-for-bit like the in-process client k when torch runs with the same thread count.
+
+Where the state lives between messages (``Context.state``, a RecordDict kept by the node's SuperNode
+or by the simulation runtime, never sent to the server):
+
+``sd.meta``    ConfigRecord: version counter, partition, model name, data shape, the node's own
+               security parameters (derived from *its* copy of the config: the server cannot lower
+               the encoding, the clipping or the noise a client applies), buffer ids
+``sd.model``   ArrayRecord: the model's state_dict (after training and after distillation)
+``sd.optim``   ArrayRecord: the SGD momentum buffers
+``sd.buffer``  ArrayRecord: the distillation buffer (dreams and soft labels)
+``sd.pending`` ArrayRecord: dreams received in soft-label requests, until their soft labels arrive
+``sd.secagg``  ConfigRecord: the ``protocols.Client`` of the current round's session, saved with
+               :mod:`securedream.engines.flower.secagg_state`
+
+A per-process cache keyed by (run, node) keeps the live objects while the stored version matches, so
+the simulation runtime (one long-lived worker per actor) does not rebuild anything; the deployment
+runtime (one process per message) rebuilds from the record every time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+import protocols
+from securedream.aggregation import Channel
+from securedream.aggregation.factory import build_aggregation
+from securedream.aggregation.secure import SecureAggregator
+from securedream.config import RunConfig, config_from_dict
+from securedream.data import DatasetBundle, load_dataset, split_clients
+from securedream.engines.flower import messages as m
+from securedream.engines.flower.secagg_state import dump_client, load_client
+from securedream.errors import ConfigError, SecureDreamError
+from securedream.models import build_model
+from securedream.privacy.aggregator import DPAggregator
+from securedream.privacy.clipping import clip_l2
+from securedream.privacy.noise import NoiseSource
+from securedream.rounds.client import CoDreamClient, DistillSettings, LocalTrainingConfig
+from securedream.seeding import derive_seed, torch_generator
+
+# ----------------------------------------------------------------------------------------------
+# Config text <-> RunConfig (both sides load the same resolved TOML)
+
+
+def config_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=4)
+def parse_config(text: str) -> RunConfig:
+    import tomllib
+
+    return config_from_dict(tomllib.loads(text))
+
+
+@functools.lru_cache(maxsize=2)
+def _dataset(name: str, seed: int, test_size: int, root: str, download: bool) -> DatasetBundle:
+    return load_dataset(name, seed=seed, test_size=test_size, root=root or None, download=download)
+
+
+def load_node_data(cfg: RunConfig, data_root: str = "") -> DatasetBundle:
+    return _dataset(
+        cfg.data.dataset,
+        cfg.seed,
+        cfg.data.test_size,
+        data_root or cfg.data.root,
+        cfg.data.download,
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _splits(text: str, data_root: str) -> list[np.ndarray]:
+    cfg = parse_config(text)
+    data = load_node_data(cfg, data_root)
+    return split_clients(
+        data.train_y.numpy(),
+        cfg.clients.count,
+        scheme=cfg.data.split,
+        samples_per_client=cfg.data.samples_per_client or None,
+        alpha=cfg.data.alpha,
+        labels_per_client=cfg.data.labels_per_client,
+        seed=derive_seed(cfg.seed, "split"),
+    )
+
+
+def distill_settings(cfg: RunConfig) -> DistillSettings:
+    """Same as ``Experiment.distill_settings``: the client derives it from its own config."""
+    k = cfg.distill
+    return DistillSettings(
+        epochs=k.epochs,
+        temperature=k.temperature,
+        batch_size=k.batch_size,
+        lr=k.lr or cfg.clients.lr,
+        kd_weight=k.kd_weight,
+        ce_weight=k.ce_weight,
+        clip_grad_norm=k.clip_grad_norm,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# What a client applies to its contribution before it leaves the node (secure aggregation, DP)
+
+
+@dataclasses.dataclass(frozen=True)
+class Security:
+    """The node's own copy of the encoding, clipping and noise parameters (from its config)."""
+
+    secure: bool
+    secagg: dict[str, Any] | None  # SecAggConfig init fields
+    ranges: dict[str, float]  # public value range per channel ("dream", "logits")
+    scale: float
+    placement: str  # "off", "central", "distributed"
+    clip_gradient: float
+    clip_logits: float
+    noise_multiplier: float
+    min_survivors: int
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, dim: int, num_classes: int) -> Security:
+        aggregator, _ = build_aggregation(cfg, dim=dim, num_classes=num_classes)
+        dp = aggregator if isinstance(aggregator, DPAggregator) else None
+        inner = dp.inner if dp is not None else aggregator
+        secagg = None
+        ranges: dict[str, float] = {}
+        scale = 0.0
+        if isinstance(inner, SecureAggregator):
+            secagg = {
+                f.name: getattr(inner.config, f.name)
+                for f in dataclasses.fields(inner.config)
+                if f.init
+            }
+            ranges = {
+                "dream": inner.channel_range(Channel.DREAM_GRADIENT),
+                "logits": inner.channel_range(Channel.LOGITS),
+            }
+            scale = float(inner.encoding.scale)
+        return cls(
+            secure=secagg is not None,
+            secagg=secagg,
+            ranges=ranges,
+            scale=scale,
+            placement=dp.settings.placement if dp is not None else "off",
+            clip_gradient=dp.settings.clip_gradient if dp is not None else 0.0,
+            clip_logits=dp.settings.clip_logits if dp is not None else 0.0,
+            noise_multiplier=dp.settings.noise_multiplier if dp is not None else 0.0,
+            min_survivors=dp.settings.min_survivors if dp is not None else 0,
+        )
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Security:
+        return cls(**json.loads(data.decode()))
+
+    def protocol_config(self) -> protocols.SecAggConfig:
+        if self.secagg is None:
+            raise SecureDreamError("secure aggregation is off in this node's config")
+        return protocols.SecAggConfig(**self.secagg)
+
+    def clip_for(self, channel: Channel) -> float:
+        return self.clip_logits if channel is Channel.LOGITS else self.clip_gradient
+
+    def skellam_mu(self, dim: int) -> float:
+        """Per-client Skellam parameter, as ``DPAggregator._integer_mu`` computes it."""
+        sensitivity = self.scale + math.sqrt(dim)
+        return (self.noise_multiplier * sensitivity) ** 2 / (2.0 * self.min_survivors)
+
+
+def encode_contribution(
+    contribution: torch.Tensor, value_range: float, scale: float, rounding: NoiseSource
+) -> np.ndarray:
+    """Fixed-point encoding with stochastic rounding, as ``SecureAggregator._client_encode``.
+
+    Divide by the channel's public range, clip to [-1, 1], scale by s, round up with probability
+    equal to the fractional part (one ``rounding.uniform`` call per contribution).
+    """
+    vector = contribution.detach().cpu().double().reshape(-1).numpy() / value_range
+    np.clip(vector, -1.0, 1.0, out=vector)
+    vector *= scale
+    floor = np.floor(vector)
+    return floor.astype(np.int64) + (rounding.uniform(len(vector)) < vector - floor)
+
+
+def rounding_source(cfg: RunConfig, round_index: int, counter: int) -> NoiseSource:
+    """The rounding stream the in-process aggregator would use for this client's encoding.
+
+    In-process, one ``NoiseSource.from_seed(seed, "rounding", round)`` encodes every contribution
+    of the round in client order, one ``uniform`` call each; the server tells each client how
+    many calls came before its own, so the stream position (a counter, AES-CTR subkey per call)
+    is the same. With ``secure_aggregation.secure_rounding`` the randomness is from os.urandom.
+    """
+    if cfg.secure_aggregation.secure_rounding:
+        return NoiseSource.from_os()
+    source = NoiseSource.from_seed(cfg.seed, "rounding", round_index)
+    source._counter = int(counter)
+    return source
+
+
+def channel_of(kind: str) -> Channel:
+    return {m.GRADIENT: Channel.DREAM_GRADIENT, m.DELTA: Channel.DREAM_DELTA}.get(
+        kind, Channel.LOGITS
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The node runtime
+
+_RUNTIMES: dict[tuple[int, int], NodeRuntime] = {}
+# set to "1" to rebuild every node from Context.state on every message (what deployment does)
+NO_CACHE_ENV = "SECUREDREAM_FLOWER_NO_CACHE"
+
+
+def _optim_state(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    flat: dict[str, torch.Tensor] = {}
+    for index, entry in optimizer.state_dict()["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                flat[f"{index}.{name}"] = value
+    return flat
+
+
+def _load_optim_state(optimizer: torch.optim.Optimizer, flat: dict[str, torch.Tensor]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in flat.items():
+        index, _, name = key.partition(".")
+        state.setdefault(int(index), {})[name] = value
+    saved = optimizer.state_dict()
+    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+
+
+def _ids(text: str) -> list[str]:
+    return [i for i in text.split(",") if i]
+
+
+class DreamView:
+    """Just what ``CoDreamClient``'s dream methods use (model, device, BN switch).
+
+    Dream requests are most of a round's messages; answering them needs the model but not the
+    data or the optimiser, whose construction costs seconds in a fresh process. The methods are
+    ``CoDreamClient``'s own, so the computation is the in-process one.
+    """
+
+    _frozen_eval = CoDreamClient._frozen_eval
+    dream_gradient = CoDreamClient.dream_gradient
+    dream_delta = CoDreamClient.dream_delta
+    dream_logits = CoDreamClient.dream_logits
+
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+        self.model = model
+        self.device = device
+        self.use_bn_term = True
+
+
+class NodeRuntime:
+    """Client k of the run, rebuilt from the config text and the node configuration.
+
+    Parts are built when a message needs them: the metadata (data shape, security parameters) is
+    kept in the node state after the first message; the model is rebuilt from its saved weights;
+    the trainer (data shard and optimiser) only for training, distillation and evaluation.
+    """
+
+    def __init__(self, config_text: str, node_config: dict[str, Any]) -> None:
+        self.config_text = config_text
+        self.cfg = cfg = parse_config(config_text)
+        if cfg.method != "codream":
+            raise ConfigError("method", "the flower engine runs method = codream only")
+        if "partition-id" not in node_config:
+            raise ConfigError("node-config", "partition-id is required (which client this is)")
+        self.k = int(node_config["partition-id"])
+        if not 0 <= self.k < cfg.clients.count:
+            raise ConfigError(
+                "node-config",
+                f"partition-id must be in [0, {cfg.clients.count - 1}], got {self.k}",
+            )
+        self.model_name = str(node_config.get("model") or cfg.client_models()[self.k])
+        self.data_root = str(node_config.get("data-root", ""))
+        state_dir = str(node_config.get("state-dir", ""))
+        self.state_file = Path(state_dir) / f"securedream-client-{self.k}.pt" if state_dir else None
+        self.device = _device(cfg.device)
+        self.version = 0
+        self.data: DatasetBundle | None = None
+        self._meta: dict[str, Any] | None = None
+        self._model: torch.nn.Module | None = None
+        self._trainer: CoDreamClient | None = None
+        self._saved_model: dict[str, torch.Tensor] | None = None
+        self._saved_optim: dict[str, torch.Tensor] | None = None
+        self.buffer: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.buffer_ids: list[str] = []
+        self.pending: dict[str, torch.Tensor] = {}
+        self.secagg: protocols.Client | None = None
+        self.secagg_round = -1
+        self.dirty: set[str] = set()
+
+    # --- parts, built on demand ---------------------------------------------------------------
+    @property
+    def meta(self) -> dict[str, Any]:
+        if self._meta is None:
+            data = self._data()
+            shape = (self.cfg.dreams.batch_size, data.channels, data.image_size, data.image_size)
+            security = Security.from_config(self.cfg, int(np.prod(shape)), data.num_classes)
+            self._meta = {
+                "channels": data.channels,
+                "image_size": data.image_size,
+                "num_classes": data.num_classes,
+                "mean": [float(v) for v in data.mean],
+                "std": [float(v) for v in data.std],
+                "security": security,
+            }
+            self.dirty.add("meta")
+        return self._meta
+
+    @property
+    def security(self) -> Security:
+        return self.meta["security"]
+
+    def _data(self) -> DatasetBundle:
+        if self.data is None:
+            self.data = load_node_data(self.cfg, self.data_root)
+        return self.data
+
+    @property
+    def model(self) -> torch.nn.Module:
+        if self._model is None:
+            meta = self.meta
+            model = build_model(
+                self.model_name,
+                in_channels=meta["channels"],
+                num_classes=meta["num_classes"],
+                image_size=meta["image_size"],
+                seed=derive_seed(self.cfg.seed, "model", self.k),
+            )
+            if self._saved_model is not None:
+                model.load_state_dict(self._saved_model)
+            self._model = model.to(self.device)
+        return self._model
+
+    @property
+    def trainer(self) -> CoDreamClient:
+        """The in-process client object (data shard, optimiser) around :attr:`model`."""
+        if self._trainer is None:
+            cfg = self.cfg
+            training = LocalTrainingConfig(
+                lr=cfg.clients.lr,
+                momentum=cfg.clients.momentum,
+                weight_decay=cfg.clients.weight_decay,
+                batch_size=cfg.clients.batch_size,
+            )
+            data = self._data()
+            indices = torch.as_tensor(_splits(self.config_text, self.data_root)[self.k])
+            trainer = CoDreamClient(
+                self.k,
+                self.model,
+                data.train_x[indices],
+                data.train_y[indices],
+                training,
+                self.device,
+            )
+            if self._saved_optim is not None:
+                _load_optim_state(trainer.optimizer, self._saved_optim)
+            self._trainer = trainer
+        return self._trainer
+
+    # --- persistence in Context.state ---------------------------------------------------------
+    @classmethod
+    def for_context(cls, config_text: str, context: Any) -> NodeRuntime:
+        """The cached runtime if it is as recent as the node's state, else one rebuilt from it."""
+        key = (int(context.run_id), int(context.node_id))
+        state: RecordDict = context.state
+        stored = int(state["sd.meta"]["version"]) if "sd.meta" in state else 0
+        cached = _RUNTIMES.get(key) if os.environ.get(NO_CACHE_ENV) != "1" else None
+        if cached is not None and cached.version == stored and stored > 0:
+            return cached
+        runtime = cls(config_text, dict(context.node_config))
+        if stored > 0:
+            runtime._restore(state)
+        else:
+            runtime._load_file()
+        _RUNTIMES[key] = runtime
+        return runtime
+
+    @staticmethod
+    def forget(context: Any) -> None:
+        _RUNTIMES.pop((int(context.run_id), int(context.node_id)), None)
+
+    def _restore(self, state: RecordDict) -> None:
+        meta = state["sd.meta"]
+        if int(meta["partition"]) != self.k or str(meta["config"]) != config_digest(
+            self.config_text
+        ):
+            return  # another run or another partition on this node: start afresh
+        self.version = int(meta["version"])
+        if "data" in meta:
+            info = json.loads(bytes(meta["data"]).decode())  # type: ignore[arg-type]
+            info["security"] = Security.from_bytes(bytes(meta["security"]))  # type: ignore[arg-type]
+            self._meta = info
+        if "sd.model" in state:
+            self._saved_model = state["sd.model"].to_torch_state_dict()  # type: ignore[union-attr]
+        if "sd.optim" in state:
+            optim = state["sd.optim"]
+            self._saved_optim = {k: m.read_tensor(optim, k) for k in optim}  # type: ignore[arg-type]
+        self.buffer_ids = _ids(str(meta["buffer"]))
+        if "sd.buffer" in state:
+            rec = state["sd.buffer"]
+            self.buffer = {
+                i: (m.read_tensor(rec, f"x.{i}"), m.read_tensor(rec, f"s.{i}"))  # type: ignore[arg-type]
+                for i in self.buffer_ids
+            }
+        if "sd.pending" in state:
+            rec = state["sd.pending"]
+            self.pending = {k[2:]: m.read_tensor(rec, k) for k in rec}  # type: ignore[arg-type]
+        if "sd.secagg" in state:
+            rec = state["sd.secagg"]
+            self.secagg_round = int(rec["round"])
+            self.secagg = load_client(
+                self.security.protocol_config(),
+                bytes(rec["client"]),  # type: ignore[arg-type]
+            )
+
+    def save(self, context: Any) -> None:
+        """Write what changed into ``context.state`` and bump the version."""
+        state: RecordDict = context.state
+        self.version += 1
+        record: dict[str, Any] = {
+            "version": self.version,
+            "partition": self.k,
+            "model": self.model_name,
+            "config": config_digest(self.config_text),
+            "buffer": ",".join(self.buffer_ids),
+        }
+        if self._meta is not None:
+            info = {k: v for k, v in self._meta.items() if k != "security"}
+            record["data"] = json.dumps(info, sort_keys=True).encode()
+            record["security"] = self._meta["security"].to_bytes()
+        state["sd.meta"] = ConfigRecord(record)
+        if "model" in self.dirty:
+            state["sd.model"] = ArrayRecord(self.model.state_dict())
+            optim = (
+                _optim_state(self._trainer.optimizer)
+                if self._trainer is not None
+                else self._saved_optim or {}
+            )
+            state["sd.optim"] = m.tensors_record(optim)
+        if "buffer" in self.dirty:
+            tensors: dict[str, torch.Tensor] = {}
+            for i in self.buffer_ids:
+                x, s = self.buffer[i]
+                tensors[f"x.{i}"] = x
+                tensors[f"s.{i}"] = s
+            state["sd.buffer"] = m.tensors_record(tensors)
+        if "pending" in self.dirty:
+            state["sd.pending"] = m.tensors_record({f"x.{k}": v for k, v in self.pending.items()})
+        if "secagg" in self.dirty:
+            if self.secagg is None:
+                if "sd.secagg" in state:
+                    del state["sd.secagg"]
+            else:
+                state["sd.secagg"] = ConfigRecord(
+                    {"round": self.secagg_round, "client": dump_client(self.secagg)}
+                )
+        if self.state_file is not None and self.dirty & {"model", "buffer"}:
+            self._save_file()
+        self.dirty.clear()
+
+    # --- optional copy on the node's disk (node config ``state-dir``) --------------------------
+    def _save_file(self) -> None:
+        """Model, optimiser and buffer in ``state-dir`` (tensors only), for a restarted node."""
+        assert self.state_file is not None
+        optim = (
+            _optim_state(self._trainer.optimizer)
+            if self._trainer is not None
+            else self._saved_optim or {}
+        )
+        data = {
+            "config": config_digest(self.config_text),
+            "partition": self.k,
+            "model": self.model.state_dict(),
+            "optim": optim,
+            "buffer_ids": list(self.buffer_ids),
+            "buffer": {i: list(self.buffer[i]) for i in self.buffer_ids},
+        }
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        torch.save(data, tmp)
+        os.replace(tmp, self.state_file)
+
+    def _load_file(self) -> bool:
+        """Restore model, optimiser and buffer saved by a previous process of this node."""
+        if self.state_file is None or not self.state_file.is_file():
+            return False
+        data = torch.load(self.state_file, weights_only=True)
+        if data["config"] != config_digest(self.config_text) or data["partition"] != self.k:
+            return False
+        self._saved_model = dict(data["model"])
+        self._saved_optim = dict(data["optim"])
+        self.buffer_ids = list(data["buffer_ids"])
+        self.buffer = {i: (x, s) for i, (x, s) in data["buffer"].items()}
+        self.dirty |= {"model", "buffer"}  # copy it into the new Context.state at the next save
+        return True
+
+    # --- handlers -----------------------------------------------------------------------------
+    def handle(self, message_type: str, rd: RecordDict) -> RecordDict:
+        handler: dict[str, Callable[[RecordDict], RecordDict]] = {
+            m.HELLO: self.hello,
+            m.TRAIN: self.train,
+            m.DREAM: self.dream,
+            m.SECAGG: self.secagg_step,
+            m.DISTILL: self.distill,
+            m.EVALUATE: self.evaluate,
+        }
+        return handler[message_type](rd)
+
+    def hello(self, rd: RecordDict) -> RecordDict:
+        cfg = m.config_of(rd)
+        expected = str(cfg.get("config", ""))
+        mine = config_digest(self.config_text)
+        if expected and expected != mine:
+            raise ConfigError(
+                "config",
+                f"node for partition {self.k} runs config {mine}, the server runs {expected}",
+            )
+        meta = self.meta
+        labels = self.trainer.train_y
+        histogram = torch.bincount(labels, minlength=meta["num_classes"]).tolist()
+        return m.content(
+            {
+                "partition": self.k,
+                "model": self.model_name,
+                "config": mine,
+                "samples": self.trainer.num_samples,
+                "histogram": [int(v) for v in histogram],
+                "channels": meta["channels"],
+                "image_size": meta["image_size"],
+                "num_classes": meta["num_classes"],
+                "mean": [float(v) for v in meta["mean"]],
+                "std": [float(v) for v in meta["std"]],
+                "buffer": ",".join(self.buffer_ids),
+            }
+        )
+
+    def train(self, rd: RecordDict) -> RecordDict:
+        cfg = m.config_of(rd)
+        round_index, epochs = int(cfg["round"]), int(cfg["epochs"])
+        loss = self.trainer.train_local(
+            epochs, torch_generator(self.cfg.seed, "train", self.k, round_index)
+        )
+        self.dirty.add("model")
+        return m.content({"loss": float(loss)})
+
+    def _deliver_protocol(self, incoming: list[bytes]) -> list[bytes]:
+        """Feed server protocol messages to this node's protocols.Client; returns its replies."""
+        if not incoming:
+            return []
+        if self.secagg is None:
+            raise SecureDreamError(f"client {self.k}: protocol message but no session")
+        replies: list[bytes] = []
+        self.dirty.add("secagg")
+        for data in incoming:
+            replies.extend(self.secagg.receive(data))
+        return replies
+
+    def dream(self, rd: RecordDict) -> RecordDict:
+        cfg = m.config_of(rd)
+        kind = str(cfg["kind"])
+        dreams = m.read_tensor(rd["x"], "dreams")  # type: ignore[arg-type]
+        secure = bool(cfg.get("secure", False))
+        aborted = False
+        if secure:
+            try:
+                replies = self._deliver_protocol(m.proto_messages(rd, "in"))
+            except protocols.TooFewSurvivors:
+                replies, aborted = [], True
+            if replies:
+                raise SecureDreamError(f"client {self.k}: unexpected protocol replies")
+        terms: dict[str, float] = {}
+        view = self._trainer or DreamView(self.model, self.device)
+        if kind == m.GRADIENT:
+            value, terms = view.dream_gradient(dreams, m.weights_from_config(cfg))
+        elif kind == m.DELTA:
+            value, terms = view.dream_delta(
+                dreams, m.weights_from_config(cfg), int(cfg["local_steps"]), float(cfg["local_lr"])
+            )
+        elif kind == m.LOGITS:
+            value = view.dream_logits(dreams)
+            self.pending[str(cfg["snapshot"])] = dreams
+            self.dirty.add("pending")
+        else:
+            raise SecureDreamError(f"unknown dream request kind {kind!r}")
+        value = value.detach().cpu()
+        reply = {"norm": float(torch.linalg.vector_norm(value))}
+        if not secure:
+            return m.content(reply, tensors={"value": value}, terms=terms)
+        in_session = self.secagg is not None and self.secagg_round == int(cfg["round"])
+        if aborted or bool(cfg.get("withhold", False)) or not in_session:
+            reply["withheld"] = True
+            return m.content(reply, terms=terms)
+        masked = self._mask(value, channel_of(kind), int(cfg["round"]), int(cfg["counter"]))
+        return m.content(reply, proto=masked, proto_key="out", terms=terms)
+
+    def _mask(
+        self, value: torch.Tensor, channel: Channel, round_index: int, counter: int
+    ) -> list[bytes]:
+        sec = self.security
+        assert self.secagg is not None
+        if sec.placement != "off":
+            value = clip_l2(value, sec.clip_for(channel))
+        key = "logits" if channel is Channel.LOGITS else "dream"
+        encoded = encode_contribution(
+            value, sec.ranges[key], sec.scale, rounding_source(self.cfg, round_index, counter)
+        )
+        if sec.placement == "distributed":
+            noise = (
+                NoiseSource.from_os()
+                if self.cfg.privacy.secure_noise
+                else NoiseSource.from_seed(
+                    self.cfg.seed, "dp", round_index, "client", self.k, self.secagg.step
+                )
+            )
+            encoded += noise.skellam(len(encoded), sec.skellam_mu(len(encoded)))
+        self.dirty.add("secagg")
+        try:
+            return [self.secagg.submit_input(encoded)]
+        except protocols.TooFewSurvivors:
+            return []
+
+    def secagg_step(self, rd: RecordDict) -> RecordDict:
+        cfg = m.config_of(rd)
+        op = str(cfg["op"])
+        self.dirty.add("secagg")
+        if op == "setup":
+            self.secagg = protocols.Client(
+                self.security.protocol_config(),
+                self.k,
+                bytes(cfg["session"]),  # type: ignore[arg-type]
+            )
+            self.secagg_round = int(cfg["round"])
+            return m.content({}, proto=[self.secagg.start()], proto_key="out")
+        if op == "relay":
+            try:
+                out = self._deliver_protocol(m.proto_messages(rd, "in"))
+            except protocols.TooFewSurvivors:
+                return m.content({"aborted": True}, proto=[], proto_key="out")
+            return m.content({}, proto=out, proto_key="out")
+        raise SecureDreamError(f"unknown secagg op {op!r}")
+
+    def _close_session(self) -> None:
+        if self.secagg is not None:
+            self.secagg.close()
+            self.secagg = None
+            self.dirty.add("secagg")
+
+    def distill(self, rd: RecordDict) -> RecordDict:
+        cfg = m.config_of(rd)
+        round_index = int(cfg["round"])
+        self._close_session()  # the round's session is over: forget its secrets
+        tensors = rd["x"] if "x" in rd else ArrayRecord()
+        wanted = _ids(str(cfg["buffer"]))
+        buffer: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for i in wanted:
+            if f"s.{i}" in tensors:
+                soft = m.read_tensor(tensors, f"s.{i}")  # type: ignore[arg-type]
+                if f"x.{i}" in tensors:
+                    dreams = m.read_tensor(tensors, f"x.{i}")  # type: ignore[arg-type]
+                elif i in self.pending:
+                    dreams = self.pending[i]
+                elif i in self.buffer:
+                    dreams = self.buffer[i][0]
+                else:
+                    raise SecureDreamError(f"client {self.k}: no dreams for buffer entry {i}")
+                buffer[i] = (dreams, soft)
+            elif i in self.buffer:
+                buffer[i] = self.buffer[i]
+            else:
+                raise SecureDreamError(f"client {self.k}: no soft labels for buffer entry {i}")
+        self.buffer, self.buffer_ids = buffer, wanted
+        self.pending = {}
+        self.dirty |= {"buffer", "pending"}
+        loss = 0.0
+        if bool(cfg.get("distill", True)):
+            loss = self.trainer.distill(
+                [self.buffer[i] for i in wanted],
+                distill_settings(self.cfg),
+                torch_generator(self.cfg.seed, "distill", self.k, round_index),
+            )
+            self.dirty.add("model")
+        return m.content({"loss": float(loss), "buffer": ",".join(self.buffer_ids)})
+
+    def evaluate(self, rd: RecordDict) -> RecordDict:
+        data = self._data()
+        accuracy = self.trainer.evaluate(data.test_x, data.test_y)
+        return m.content({"accuracy": float(accuracy)})
+
+
+def _device(name: str) -> torch.device:
+    from securedream.rounds.experiment import resolve_device
+
+    return resolve_device(name)

@@ -1,0 +1,580 @@
+"""Server side of the Flower transport: node roster, message exchange, Flower-backed aggregators.
+
+The CoDream server loop (:func:`securedream.rounds.server.collaborative_dreaming`) is reused
+unchanged. It talks to clients through the ``DreamingClient`` protocol and obtains sums only from an
+``Aggregator``. On Flower:
+
+* :class:`FlowerDreamingClient` proxies record what the loop asks of each client at this step
+  (gradient, local change or logits on these dreams) and hand back placeholders of the right shape;
+* the Flower aggregators then do the work inside ``aggregate``: one DREAM message per active client
+  carrying the dreams, and the reply carries the contribution (plain) or its masked encoding
+  (secure). Batching the request per step lets all nodes compute in parallel, and lets the masked
+  vector ride on the same reply.
+
+:class:`FlowerSecureAggregator` drives the ``protocols.Server`` state machine of one session per
+round and ships each stage's wire bytes in Flower messages (AdvertiseKeys/Roster/ShareKeys at the
+start of a round, ForwardShares piggybacked on the first DREAM request, MaskedInput in DREAM
+replies, UnmaskRequest/UnmaskShares in a relay exchange). The ``protocols.Client`` of each node
+lives in its ClientApp; the server only ever holds masked vectors and the decoded sum.
+
+A node that does not answer within the timeout, or answers with a Flower error, is *failed* for the
+rest of the round: for secure aggregation that is exactly a protocol dropout (the server closes the
+stage without it; the sum is unmasked if at least t clients remain, else
+:class:`SecureAggregationAborted`); the next round starts a new session with whoever answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+
+import protocols
+from protocols.encoding import decode_integer_sum
+from securedream.aggregation import AggregateResult, Aggregator, Channel
+from securedream.aggregation.base import check_contributions
+from securedream.aggregation.secure import (
+    SecureAggregationAborted,
+    SecureAggregationSettings,
+    SecureAggregator,
+)
+from securedream.comm import CommLedger
+from securedream.dreams import DreamLossWeights
+from securedream.engines.flower import messages as m
+from securedream.errors import SecureDreamError
+from securedream.privacy.clipping import clip_l2
+
+log = logging.getLogger("securedream.flower")
+
+
+class FlowerRunError(SecureDreamError):
+    """The Flower run cannot go on (no client answered, nodes missing at start, ...)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Node roster and message exchange
+
+
+@dataclass
+class ExchangeStats:
+    messages: int = 0
+    seconds: float = 0.0
+
+
+class FlowerLink:
+    """Sends requests to the nodes holding clients 0..K-1 and collects replies, counting bytes.
+
+    ``timeout`` bounds each exchange (a node that has not answered by then is failed for the rest
+    of the round); ``poll`` is the pull interval.
+    """
+
+    def __init__(
+        self, grid: Any, num_clients: int, *, timeout: float = 600.0, poll: float = 0.02
+    ) -> None:
+        self.grid = grid
+        self.num_clients = num_clients
+        self.timeout = float(timeout)
+        self.poll = float(poll)
+        self.nodes: dict[int, int] = {}  # client id -> Flower node id
+        self.info: dict[int, dict[str, Any]] = {}  # client id -> its HELLO reply
+        self.failed: dict[int, str] = {}  # client id -> why it is out for this round
+        self.joined: set[int] = set()  # clients that (re)answered HELLO since the last take
+        self.ledger = CommLedger(range(num_clients))
+        self.stats = ExchangeStats()
+        self.group = ""
+
+    # --- low level ----------------------------------------------------------------------------
+    def _send(
+        self, requests: Sequence[tuple[Any, int, str, RecordDict]], timeout: float
+    ) -> dict[Any, Message | str]:
+        """Push (key, node, type, content) messages; returns key -> reply or failure reason."""
+        start = time.perf_counter()
+        outcome: dict[Any, Message | str] = {}
+        if not requests:
+            return outcome
+        messages = [
+            Message(rd, dst_node_id=node, message_type=mtype, group_id=self.group, ttl=self._ttl())
+            for _, node, mtype, rd in requests
+        ]
+        ids = list(self.grid.push_messages(messages))
+        waiting: dict[str, Any] = {}
+        for (key, *_), mid in zip(requests, ids, strict=True):
+            if mid:
+                waiting[mid] = key
+            else:
+                outcome[key] = "the SuperLink refused the message"
+        deadline = time.monotonic() + timeout
+        while waiting and time.monotonic() < deadline:
+            for reply in self.grid.pull_messages(list(waiting)):
+                key = waiting.pop(reply.metadata.reply_to_message_id, None)
+                if key is None:
+                    continue
+                if reply.has_error():
+                    outcome[key] = f"Flower error {reply.error.code}: {reply.error.reason}"
+                else:
+                    outcome[key] = reply
+            if waiting:
+                time.sleep(self.poll)
+        for key in waiting.values():
+            outcome[key] = f"no reply within {timeout:g} s"
+        self.stats.messages += len(requests)
+        self.stats.seconds += time.perf_counter() - start
+        return outcome
+
+    def _ttl(self) -> float:
+        return max(self.timeout + 60.0, 120.0)
+
+    # --- roster -------------------------------------------------------------------------------
+    def discover(self, config_digest: str, *, wait: float = 0.0, probe: Sequence[int] = ()) -> None:
+        """HELLO the nodes not yet known (and the clients in ``probe``); map partitions to nodes.
+
+        With ``wait`` > 0, keeps looking until every client 0..K-1 has a node or ``wait`` runs out.
+        """
+        deadline = time.monotonic() + wait
+        asked: set[int] = set()
+        while True:
+            known = set(self.nodes.values())
+            nodes = [n for n in self.grid.get_node_ids() if n not in known and n not in asked]
+            nodes += [self.nodes[k] for k in probe if k in self.nodes]
+            probe = ()
+            hello = m.content({"config": config_digest})
+            requests = [(node, node, m.HELLO, hello) for node in nodes]
+            timeout = min(self.timeout, 60.0) if wait <= 0 else max(1.0, min(self.timeout, wait))
+            for node, reply in self._send(requests, timeout).items():
+                asked.add(node)
+                if isinstance(reply, str):
+                    for k, n in list(self.nodes.items()):
+                        if n == node:
+                            self.failed[k] = reply
+                    log.warning("node %s did not answer HELLO: %s", node, reply)
+                    continue
+                info = dict(reply.content["cfg"])
+                k = int(info["partition"])
+                if not 0 <= k < self.num_clients:
+                    log.warning("node %s holds partition %s, not in this run", node, k)
+                    continue
+                self.nodes[k] = node
+                self.info[k] = info
+                self.failed.pop(k, None)
+                self.joined.add(k)
+            if wait <= 0 or len(self.nodes) == self.num_clients or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        if wait > 0 and len(self.nodes) < self.num_clients:
+            missing = sorted(set(range(self.num_clients)) - set(self.nodes))
+            raise FlowerRunError(
+                f"only {len(self.nodes)} of {self.num_clients} clients connected within "
+                f"{wait:g} s; missing partition ids {missing}"
+            )
+
+    def take_joined(self) -> set[int]:
+        joined, self.joined = self.joined, set()
+        return joined
+
+    def begin_round(self, round_index: int) -> None:
+        self.failed = {}
+        self.group = str(round_index)
+        self.ledger.reset()
+
+    def present(self) -> list[int]:
+        return sorted(k for k in self.nodes if k not in self.failed)
+
+    def is_failed(self, client: int) -> bool:
+        return client in self.failed or client not in self.nodes
+
+    def fail(self, client: int, reason: str) -> None:
+        if client not in self.failed:
+            log.warning("client %d is out for this round: %s", client, reason)
+        self.failed.setdefault(client, reason)
+
+    # --- exchange -----------------------------------------------------------------------------
+    def exchange(
+        self,
+        requests: Mapping[int, tuple[str, RecordDict]],
+        *,
+        down: str,
+        up: str,
+        timeout: float | None = None,
+    ) -> dict[int, RecordDict]:
+        """Send one request per client; replies of clients that answered (others are failed)."""
+        batch = []
+        for k, (mtype, rd) in sorted(requests.items()):
+            if self.is_failed(k):
+                continue
+            batch.append((k, self.nodes[k], mtype, rd))
+            self.ledger.received([k], m.payload_bytes(rd), down)
+        replies: dict[int, RecordDict] = {}
+        for k, reply in self._send(batch, self.timeout if timeout is None else timeout).items():
+            if isinstance(reply, str):
+                self.fail(k, reply)
+                continue
+            replies[k] = reply.content
+            self.ledger.sent({k: m.payload_bytes(reply.content)}, up)
+        return replies
+
+
+# ----------------------------------------------------------------------------------------------
+# What the server loop asked of the clients at this step
+
+
+@dataclass
+class PendingRequest:
+    kind: str
+    dreams: torch.Tensor
+    weights: DreamLossWeights | None = None
+    local_steps: int = 1
+    local_lr: float = 0.0
+    terms: dict[int, dict[str, float]] = field(default_factory=dict)
+    snapshot: str = ""
+    _array: Array | None = None
+
+    def array(self) -> Array:
+        if self._array is None:
+            self._array = m.to_array(self.dreams)
+        return self._array
+
+
+class DreamCohort:
+    """Collects the per-client calls of one server step into one request for the aggregator."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.pending: PendingRequest | None = None
+        self.reset_round(0)
+
+    def reset_round(self, round_index: int) -> None:
+        self.round_index = round_index
+        self.snapshot_receivers: dict[str, set[int]] = {}  # this round's soft-label requests
+        self.contribution_norms: dict[str, float] = {}
+        self.norm_counts: dict[str, int] = {}
+
+    def request(
+        self, client_id: int, kind: str, dreams: torch.Tensor, **params: Any
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        p = self.pending
+        if p is None or p.kind != kind or p.dreams is not dreams:
+            self.pending = p = PendingRequest(kind, dreams, **params)
+        terms: dict[str, float] = {}
+        p.terms[client_id] = terms
+        shape = (dreams.shape[0], self.num_classes) if kind == m.LOGITS else tuple(dreams.shape)
+        return torch.zeros(shape, dtype=dreams.dtype, device=dreams.device), terms
+
+    def take(self) -> PendingRequest:
+        if self.pending is None:
+            raise SecureDreamError("aggregate called with no client request recorded")
+        p, self.pending = self.pending, None
+        return p
+
+    def content(
+        self, req: PendingRequest, step: int, extra: Mapping[str, Any], proto: Sequence[bytes] = ()
+    ) -> RecordDict:
+        cfg: dict[str, Any] = {"kind": req.kind, "round": self.round_index, "step": step}
+        if req.weights is not None:
+            cfg.update(m.weights_config(req.weights))
+        if req.kind == m.DELTA:
+            cfg.update(local_steps=req.local_steps, local_lr=req.local_lr)
+        if req.kind == m.LOGITS:
+            req.snapshot = cfg["snapshot"] = self.snapshot_id(step)
+        cfg.update(extra)
+        rd = RecordDict({"cfg": ConfigRecord(cfg), "x": ArrayRecord({"dreams": req.array()})})
+        if proto:
+            rd["proto"] = ConfigRecord({"in": list(proto)})
+        return rd
+
+    def snapshot_id(self, step: int) -> str:
+        return f"r{self.round_index}s{step}"
+
+    def record(self, req: PendingRequest, client: int, reply: RecordDict, channel: Channel) -> None:
+        """Fill the client's loss terms (the server loop averages them) and track norms."""
+        if "terms" in reply and client in req.terms:
+            req.terms[client].update({k: float(v) for k, v in reply["terms"].items()})  # type: ignore[arg-type]
+        if req.kind == m.LOGITS:
+            self.snapshot_receivers.setdefault(req.snapshot, set()).add(client)
+
+    @staticmethod
+    def complete_terms(req: PendingRequest) -> None:
+        """Give clients that did not answer the mean terms of those that did.
+
+        The server loop averages the terms of every client it asked; filling the silent ones with
+        the responders' mean keeps that average equal to the mean over the responders.
+        """
+        answered = [t for t in req.terms.values() if t]
+        if not answered:
+            return
+        keys = answered[0].keys()
+        mean = {k: sum(t[k] for t in answered) / len(answered) for k in keys}
+        for terms in req.terms.values():
+            if not terms:
+                terms.update(mean)
+
+    def track_norms(self, channel: Channel, norms: Sequence[float]) -> None:
+        """Running mean over the round of the mean client contribution norm, as in-process."""
+        if not norms:
+            return
+        current = sum(norms) / len(norms)
+        count = self.norm_counts.get(channel.value, 0)
+        previous = self.contribution_norms.get(channel.value, 0.0)
+        self.contribution_norms[channel.value] = (previous * count + current) / (count + 1)
+        self.norm_counts[channel.value] = count + 1
+
+
+class FlowerDreamingClient:
+    """``DreamingClient`` proxy for client k: records the request, returns a placeholder.
+
+    The real contribution never reaches the server loop: the Flower aggregator sends the request
+    and sums (plain) or unmasks (secure) the replies. The terms dict is filled in by then.
+    """
+
+    def __init__(self, client_id: int, cohort: DreamCohort) -> None:
+        self.client_id = client_id
+        self.cohort = cohort
+
+    def dream_gradient(
+        self, dreams: torch.Tensor, weights: DreamLossWeights
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.cohort.request(self.client_id, m.GRADIENT, dreams, weights=weights)
+
+    def dream_delta(
+        self, dreams: torch.Tensor, weights: DreamLossWeights, steps: int, lr: float
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.cohort.request(
+            self.client_id, m.DELTA, dreams, weights=weights, local_steps=steps, local_lr=lr
+        )
+
+    def dream_logits(self, dreams: torch.Tensor) -> torch.Tensor:
+        value, _ = self.cohort.request(self.client_id, m.LOGITS, dreams)
+        return value
+
+
+# ----------------------------------------------------------------------------------------------
+# Aggregators
+
+
+class FlowerPlainAggregator(Aggregator):
+    """Plain summation over Flower: each node returns its float32 contribution in the reply."""
+
+    name = "plain"
+
+    def __init__(self, link: FlowerLink, cohort: DreamCohort, clip: Any = None) -> None:
+        self.link = link
+        self.cohort = cohort
+        self.clip = (
+            clip  # channel -> C when central DP wraps this (the server clips, as in-process)
+        )
+
+    def active_clients(self, client_ids: Sequence[int]) -> list[int]:
+        return [c for c in client_ids if not self.link.is_failed(c)]
+
+    def aggregate(
+        self, contributions: Mapping[int, torch.Tensor], *, channel: Channel, step: int
+    ) -> AggregateResult:
+        shape = check_contributions(contributions)
+        req = self.cohort.take()
+        clients = self.active_clients(sorted(contributions))
+        requests = {
+            k: (m.DREAM, self.cohort.content(req, step, {"secure": False})) for k in clients
+        }
+        before = dict(self.link.ledger.up)
+        replies = self.link.exchange(requests, down="dreams", up=channel.value)
+        values: dict[int, torch.Tensor] = {}
+        norms = []
+        for k in sorted(replies):
+            value = m.read_tensor(replies[k]["x"], "value")  # type: ignore[arg-type]
+            if tuple(value.shape) != tuple(shape) or not torch.isfinite(value).all():
+                self.link.fail(k, f"bad {channel.value} contribution of shape {tuple(value.shape)}")
+                continue
+            self.cohort.record(req, k, replies[k], channel)
+            norms.append(float(replies[k]["cfg"]["norm"]))
+            values[k] = clip_l2(value, self.clip(channel)) if self.clip is not None else value
+        self.cohort.track_norms(channel, norms)
+        self.cohort.complete_terms(req)
+        if not values:
+            raise FlowerRunError(
+                f"round {self.cohort.round_index}, {channel.value} step {step}: no client "
+                f"answered ({self._reasons()})"
+            )
+        total = torch.zeros(shape, dtype=torch.float32)
+        for k in sorted(values):
+            total += values[k].to(torch.float32)
+        first = next(iter(contributions.values()))
+        sent = {k: self.link.ledger.up[k] - before.get(k, 0) for k in values}
+        return AggregateResult(
+            total=total.to(first.device), contributors=tuple(sorted(values)), bytes_up=sent
+        )
+
+    def _reasons(self) -> str:
+        return "; ".join(f"client {k}: {r}" for k, r in sorted(self.link.failed.items()))
+
+
+class FlowerSecureAggregator(SecureAggregator):
+    """Secure aggregation over Flower: the protocol Server here, each protocol Client in its node.
+
+    Same parameters, encoding and simulated-dropout schedule as :class:`SecureAggregator` (it is
+    one), so a run gives the same sums as in-process; the rounding-stream position of each client
+    (see ``clientside.rounding_source``) is sent along so even the stochastic rounding matches.
+    """
+
+    def __init__(
+        self,
+        num_clients: int,
+        settings: SecureAggregationSettings,
+        link: FlowerLink,
+        cohort: DreamCohort,
+    ) -> None:
+        super().__init__(num_clients, settings)
+        self.link = link
+        self.cohort = cohort
+        self.server: protocols.Server | None = None
+        self._out: set[int] = set()  # out of the session, as the in-process session counts them
+        self._calls = 0  # rounding-stream calls so far this round
+        self._pending_in: dict[int, list[bytes]] = {}
+        self._started = False
+        self.bytes_setup = 0
+
+    # --- session ------------------------------------------------------------------------------
+    def start_round(self, round_index: int, client_ids: Sequence[int]) -> None:
+        self.round_index = round_index
+        self._out = set()
+        self._calls = 0
+        self._pending_in = {}
+        self._started = False
+        self._members = sorted(client_ids)
+        self.session = None
+        self.server = protocols.Server(self.config, os.urandom(protocols.keys.SESSION_ID_BYTES))
+
+    def _setup(self) -> None:
+        """AdvertiseKeys -> Roster -> ShareKeys; ForwardShares ride on the first DREAM request."""
+        assert self.server is not None
+        start = time.perf_counter()
+        drops = self._drops(0, self._members)
+        setup = m.content(
+            {"op": "setup", "round": self.round_index, "session": self.server.session}
+        )
+        requests = {
+            k: (m.SECAGG, setup)
+            for k in self._members
+            if drops.get(k) != "advertise" and not self.link.is_failed(k)
+        }
+        self._receive_all(self.link.exchange(requests, down="secagg_setup", up="secagg_setup"))
+        out = self._close_stage()
+        requests = {
+            k: (m.SECAGG, m.content({"op": "relay", "round": self.round_index}, proto=[data]))
+            for k, data in out.messages.items()
+            if drops.get(k) != "share"
+        }
+        self._receive_all(self.link.exchange(requests, down="secagg_setup", up="secagg_setup"))
+        out = self._close_stage()
+        self._pending_in = {k: [data] for k, data in out.messages.items()}
+        self.seconds += time.perf_counter() - start
+
+    def _receive_all(self, replies: Mapping[int, RecordDict]) -> None:
+        assert self.server is not None
+        for k in sorted(replies):
+            for data in m.proto_messages(replies[k], "out"):
+                try:
+                    self.server.receive(data, sender=k)
+                except protocols.ProtocolError as exc:
+                    self.link.fail(k, f"protocol message refused: {exc}")
+
+    def _close_stage(self) -> protocols.StageOutput:
+        assert self.server is not None
+        try:
+            return self.server.close_stage()
+        except protocols.TooFewSurvivors as exc:
+            raise SecureAggregationAborted(
+                f"round {self.round_index}: fewer than t={self.threshold} clients survived "
+                f"({exc}); failures: {self._reasons()}"
+            ) from exc
+
+    def _reasons(self) -> str:
+        return "; ".join(f"client {k}: {r}" for k, r in sorted(self.link.failed.items())) or "none"
+
+    def end_round(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        self.server = None
+
+    def active_clients(self, client_ids: Sequence[int]) -> list[int]:
+        return [c for c in client_ids if c not in self._out and not self.link.is_failed(c)]
+
+    # --- one aggregation ----------------------------------------------------------------------
+    def aggregate(
+        self, contributions: Mapping[int, torch.Tensor], *, channel: Channel, step: int
+    ) -> AggregateResult:
+        if self.server is None:
+            raise SecureDreamError("FlowerSecureAggregator.aggregate called outside a round")
+        shape = check_contributions(contributions)
+        first_device = next(iter(contributions.values())).device
+        req = self.cohort.take()
+        first = not self._started
+        if first:
+            self._started = True
+            self._setup()
+        active = self.active_clients(sorted(contributions))
+        drops = self._stage_drops(self._drops(step, active), first)
+        counters = {k: self._calls + i for i, k in enumerate(active)}
+        self._calls += len(active)
+        in_session = set(self.server.participants) - set(self.server.out)
+        requests = {}
+        for k in active:
+            withhold = k not in in_session or drops.get(k) == "masked_input"
+            extra = {"secure": True, "counter": counters[k], "withhold": withhold}
+            proto = self._pending_in.pop(k, []) if not withhold else []
+            requests[k] = (m.DREAM, self.cohort.content(req, step, extra, proto))
+        replies = self.link.exchange(requests, down="dreams", up=channel.value)
+        start = time.perf_counter()
+        norms = []
+        for k in sorted(replies):
+            self.cohort.record(req, k, replies[k], channel)
+            norms.append(float(replies[k]["cfg"]["norm"]))
+        self.cohort.track_norms(channel, norms)
+        self.cohort.complete_terms(req)
+        self._receive_all({k: r for k, r in replies.items() if drops.get(k) != "masked_input"})
+        out = self._close_stage()
+        self.seconds += time.perf_counter() - start
+        requests = {
+            k: (m.SECAGG, m.content({"op": "relay", "round": self.round_index}, proto=[data]))
+            for k, data in out.messages.items()
+            if drops.get(k) != "unmask"
+        }
+        relay_start = time.perf_counter()
+        replies = self.link.exchange(requests, down=channel.value, up=channel.value)
+        self._receive_all(replies)
+        final = self._close_stage()
+        self.seconds += time.perf_counter() - relay_start
+        result = final.result
+        assert result is not None
+        self._out |= set(self.server.out)
+        integer_sum = decode_integer_sum(result.total, self.config.bits)
+        value_range = self.channel_range(channel)
+        summed = integer_sum.astype(np.float64) / self.encoding.scale
+        total = torch.from_numpy(summed * value_range).to(torch.float32).reshape(shape)
+        survivors = tuple(sorted(int(c) for c in result.survivors))
+        self.survivors_log.append(
+            {
+                "round": self.round_index,
+                "channel": channel.value,
+                "step": step,
+                "survivors": len(survivors),
+            }
+        )
+        return AggregateResult(total=total.to(first_device), contributors=survivors)
+
+    @staticmethod
+    def _stage_drops(drops: Mapping[int, str], first: bool) -> dict[int, str]:
+        """Planned drops mapped to the stage where they take effect (as InProcessSession does)."""
+        out = {}
+        for k, stage in drops.items():
+            if stage == "consistency":
+                stage = "unmask"  # semi-honest: no consistency round
+            if stage in ("advertise", "share"):
+                stage = "setup" if first else "masked_input"
+            out[k] = stage
+        return out
