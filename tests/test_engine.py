@@ -129,3 +129,12 @@ def test_local_steps_and_snapshots(tmp_path) -> None:
     assert record["aggregations"] == 4 + 2
     assert summary["rounds"] == 1
     assert record["bytes_by_channel"]["up/dream_delta"] > 0
+
+
+def test_resume_refuses_a_folder_from_another_engine(tmp_path) -> None:
+    run_experiment(tiny("rounds=1"), tmp_path, progress=False)
+    meta_path = tmp_path / "checkpoint" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "engine": "flower"}))
+    with pytest.raises(RunFolderError, match="flower engine"):
+        run_experiment(tiny("rounds=1"), tmp_path, resume=True, progress=False)

@@ -14,7 +14,7 @@ survivors than the threshold aborts the aggregation with :class:`SecureAggregati
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -192,23 +192,35 @@ class SecureAggregator(Aggregator):
             ) from exc
         finally:
             self.seconds += time.perf_counter() - start
-        summed = result.integer_sum.astype(np.float64) / self.encoding.scale
-        total = torch.from_numpy(summed * value_range).to(torch.float32).reshape(shape)
-        survivors = tuple(sorted(int(c) for c in result.survivors))
-        self.survivors_log.append(
-            {
-                "round": self.round_index,
-                "channel": channel.value,
-                "step": step,
-                "survivors": len(survivors),
-            }
-        )
+        total, survivors = self._decode(result.integer_sum, result.survivors, channel, step, shape)
         return AggregateResult(
             total=total.to(first.device),
             contributors=survivors,
             bytes_up={int(c): int(n) for c, n in result.bytes_up.items() if n},
             bytes_down={int(c): int(n) for c, n in result.bytes_down.items() if n},
         )
+
+    def _decode(
+        self,
+        integer_sum: np.ndarray,
+        survivors: Iterable[object],
+        channel: Channel,
+        step: int,
+        shape: torch.Size,
+    ) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Server side: signed integer sum → float32 tensor in channel units; log survivors."""
+        summed = integer_sum.astype(np.float64) / self.encoding.scale
+        total = torch.from_numpy(summed * self.channel_range(channel)).to(torch.float32)
+        ordered = tuple(sorted(int(c) for c in survivors))  # type: ignore[call-overload]
+        self.survivors_log.append(
+            {
+                "round": self.round_index,
+                "channel": channel.value,
+                "step": step,
+                "survivors": len(ordered),
+            }
+        )
+        return total.reshape(shape), ordered
 
     def _client_encode(
         self, contribution: torch.Tensor, value_range: float, channel: Channel, step: int

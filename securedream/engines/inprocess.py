@@ -151,6 +151,11 @@ def run_experiment(
     elapsed_before = 0.0
     if resume:
         tensors, meta = folder.load_checkpoint()
+        if meta.get("engine", "inprocess") != "inprocess":
+            raise RunFolderError(
+                f"--resume: {folder.path} was written by the {meta['engine']} engine; only "
+                "in-process runs can be resumed"
+            )
         exp.load_state_dict(tensors)
         exp.load_bookkeeping(meta)
         start_round = meta["rounds_done"]

@@ -32,7 +32,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
@@ -553,18 +552,7 @@ class FlowerSecureAggregator(SecureAggregator):
         assert result is not None
         self._out |= set(self.server.out)
         integer_sum = decode_integer_sum(result.total, self.config.bits)
-        value_range = self.channel_range(channel)
-        summed = integer_sum.astype(np.float64) / self.encoding.scale
-        total = torch.from_numpy(summed * value_range).to(torch.float32).reshape(shape)
-        survivors = tuple(sorted(int(c) for c in result.survivors))
-        self.survivors_log.append(
-            {
-                "round": self.round_index,
-                "channel": channel.value,
-                "step": step,
-                "survivors": len(survivors),
-            }
-        )
+        total, survivors = self._decode(integer_sum, result.survivors, channel, step, shape)
         return AggregateResult(total=total.to(first_device), contributors=survivors)
 
     @staticmethod
