@@ -179,10 +179,10 @@ class SecureAggregator(Aggregator):
         value_range = self.channel_range(channel)
         active = self.active_clients(sorted(contributions))
         drops = self._drops(step, active)
+        start = time.perf_counter()  # encoding is secure-aggregation work too
         inputs = {
             c: self._client_encode(contributions[c], value_range, channel, step) for c in active
         }
-        start = time.perf_counter()
         try:
             result = self.session.aggregate(inputs, drop=drops)
         except protocols.TooFewSurvivors as exc:
