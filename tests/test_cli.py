@@ -109,3 +109,40 @@ def test_bench_accuracy_json(tmp_path, capsys) -> None:
 def test_bench_accuracy_validates(args, fragment, capsys) -> None:
     assert main(["bench", "accuracy", "--preset", "smoke", *args]) == 2
     assert fragment in capsys.readouterr().err
+
+
+def test_bench_private_json_rows_and_nested_timing(tmp_path, capsys) -> None:
+    code = main(
+        [
+            *("bench", "private", "--preset", "smoke", "--epsilons", "8", "--json"),
+            *("--out", str(tmp_path), *TINY),
+        ]
+    )
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["variant"] for r in rows] == [
+        "plain",
+        "secagg",
+        "secagg+dp-central ε=8",
+        "secagg+dp-distributed ε=8",
+    ]
+    plain, secagg, central, distributed = rows
+    assert plain["secagg_seconds_per_round"] == 0 and plain["epsilon"] is None
+    assert secagg["secagg_seconds_per_round"] > 0 and secagg["dp_noise_seconds_per_round"] == 0
+    for row in (central, distributed):
+        assert row["dp_noise_seconds_per_round"] > 0
+        assert 0 < row["epsilon"] <= 8 * (1 + 1e-6) and row["noise_multiplier"] > 0
+    for row in rows:
+        # the nested stages are parts of the round, never added on top of it
+        assert (
+            row["secagg_seconds_per_round"] + row["dp_noise_seconds_per_round"]
+            < row["round_seconds"]
+        )
+        assert 0 <= row["secagg_share"] < 1
+
+
+def test_round_seconds_leaves_nested_stages_out() -> None:
+    from securedream.runs.timing import round_seconds
+
+    stages = {"dreaming": 10.0, "secure_aggregation": 2.0, "dp_noise": 1.0, "evaluation": 0.5}
+    assert round_seconds(stages) == pytest.approx(10.5)

@@ -112,7 +112,10 @@ class SecureAggregator(Aggregator):
         )
         self.session: protocols.InProcessSession | None = None
         self.round_index = 0
+        # wall seconds of secure-aggregation work (encode, protocol, decode) and, separately, of
+        # sampling clients' integer DP noise: both run inside the dreaming stage
         self.seconds = 0.0
+        self.noise_seconds = 0.0
         self.survivors_log: list[dict[str, object]] = []
         self.integer_noise: IntegerNoise | None = None
         self.rounding = NoiseSource.from_seed(settings.seed, "rounding", 0)
@@ -179,20 +182,24 @@ class SecureAggregator(Aggregator):
         value_range = self.channel_range(channel)
         active = self.active_clients(sorted(contributions))
         drops = self._drops(step, active)
-        start = time.perf_counter()  # encoding is secure-aggregation work too
-        inputs = {
-            c: self._client_encode(contributions[c], value_range, channel, step) for c in active
-        }
+        start = time.perf_counter()  # encoding and decoding are secure-aggregation work too
+        noise_before = self.noise_seconds
         try:
+            inputs = {
+                c: self._client_encode(contributions[c], value_range, channel, step) for c in active
+            }
             result = self.session.aggregate(inputs, drop=drops)
+            total, survivors = self._decode(
+                result.integer_sum, result.survivors, channel, step, shape
+            )
         except protocols.TooFewSurvivors as exc:
             raise SecureAggregationAborted(
                 f"round {self.round_index}, {channel.value} step {step}: fewer than "
                 f"t={self.threshold} clients survived ({exc})"
             ) from exc
         finally:
-            self.seconds += time.perf_counter() - start
-        total, survivors = self._decode(result.integer_sum, result.survivors, channel, step, shape)
+            noise = self.noise_seconds - noise_before
+            self.seconds += time.perf_counter() - start - noise
         return AggregateResult(
             total=total.to(first.device),
             contributors=survivors,
@@ -238,7 +245,9 @@ class SecureAggregator(Aggregator):
         floor = np.floor(vector)
         encoded = floor.astype(np.int64) + (self.rounding.uniform(len(vector)) < vector - floor)
         if self.integer_noise is not None:
+            start = time.perf_counter()
             encoded += self.integer_noise(len(encoded), channel, step)
+            self.noise_seconds += time.perf_counter() - start
         return encoded
 
     def error_bound(self, channel: Channel, contributors: int) -> float:

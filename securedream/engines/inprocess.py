@@ -21,6 +21,12 @@ from securedream.rounds.codream import codream_round
 from securedream.rounds.experiment import Experiment
 from securedream.runs import RunFolder
 from securedream.runs.plots import save_accuracy_plot, save_dream_grid
+from securedream.runs.timing import (
+    NESTED_STAGES,
+    nested_seconds,
+    nested_stage_seconds,
+    round_seconds,
+)
 
 RoundCallback = Callable[[int, dict[str, Any]], None]
 
@@ -57,11 +63,9 @@ def run_one_round(
     if method == "codream":
         if exp.privacy is not None:
             exp.privacy.check_budget(round_index)
-        secagg_before = float(getattr(exp.aggregator, "seconds", 0.0))
+        before = nested_seconds(exp.aggregator)
         report = codream_round(exp, round_index, on_dream_step)
-        secagg = float(getattr(exp.aggregator, "seconds", 0.0)) - secagg_before
-        if secagg:
-            report["stage_seconds"]["secure_aggregation"] = secagg
+        report["stage_seconds"].update(nested_stage_seconds(exp.aggregator, before))
         if exp.privacy is not None:
             report["epsilon"] = exp.privacy.end_round()
     elif method == "fedavg":
@@ -105,6 +109,10 @@ def summarise(cfg: RunConfig, records: list[dict[str, Any]], seconds: float) -> 
                 stage: sum(r["stage_seconds"].get(stage, 0.0) for r in records)
                 for stage in records[0]["stage_seconds"]
             },
+            "round_seconds_mean": statistics.fmean(
+                round_seconds(r["stage_seconds"]) for r in records
+            ),
+            "nested_stages": list(NESTED_STAGES),
         },
     }
     if "server_accuracy" in final:

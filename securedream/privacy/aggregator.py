@@ -17,6 +17,7 @@ Per release (one dream-step aggregate or one soft-label aggregate):
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -107,6 +108,7 @@ class DPAggregator(Aggregator):
         self.name = f"dp-{settings.placement}+{inner.name}"
         self.survivors: list[int] = []
         self.noise_std_log: list[float] = []
+        self._central_noise_seconds = 0.0
         if settings.placement == "distributed":
             assert isinstance(inner, SecureAggregator)
             inner.integer_noise = self._client_noise_share
@@ -125,6 +127,11 @@ class DPAggregator(Aggregator):
     @property
     def seconds(self) -> float:
         return float(getattr(self.inner, "seconds", 0.0))
+
+    @property
+    def noise_seconds(self) -> float:
+        """Sampling DP noise: the server's (central) plus the clients' shares (distributed)."""
+        return self._central_noise_seconds + float(getattr(self.inner, "noise_seconds", 0.0))
 
     # ------------------------------------------------------------------------------------------
     def _integer_mu(self) -> float:
@@ -151,10 +158,12 @@ class DPAggregator(Aggregator):
         if self.settings.placement == "central":
             result = self.inner.aggregate(clipped, channel=channel, step=step)
             std = z * clip
+            start = time.perf_counter()
             noise = self.noise.gaussian(result.total.numel(), std)
             noisy = result.total + torch.from_numpy(noise).to(result.total).reshape(
                 result.total.shape
             )
+            self._central_noise_seconds += time.perf_counter() - start
             self.ledger.record_gaussian(channel.value, z)
             self.noise_std_log.append(std)
             self.survivors.append(len(result.contributors))

@@ -57,6 +57,7 @@ from securedream.rounds.experiment import Experiment, resolve_device
 from securedream.rounds.server import collaborative_dreaming, snapshot_steps
 from securedream.runs import RunFolder
 from securedream.runs.plots import save_accuracy_plot, save_dream_grid
+from securedream.runs.timing import nested_seconds, nested_stage_seconds
 from securedream.seeding import derive_seed, torch_generator
 
 
@@ -225,7 +226,7 @@ class FlowerCoDream:
         settings = self.dreaming_settings(round_index)
         self.cohort.reset_round(round_index)
         proxies = [FlowerDreamingClient(k, self.cohort) for k in present]
-        secagg_before = float(getattr(self.aggregator, "seconds", 0.0))
+        nested_before = nested_seconds(self.aggregator)
         self.aggregator.start_round(round_index, present)
         try:
             outcome = collaborative_dreaming(
@@ -271,9 +272,7 @@ class FlowerCoDream:
                 )
         seconds["distillation"] = time.perf_counter() - start
         report["stage_seconds"] = seconds
-        secagg = float(getattr(self.aggregator, "seconds", 0.0)) - secagg_before
-        if secagg:
-            seconds["secure_aggregation"] = secagg
+        seconds.update(nested_stage_seconds(self.aggregator, nested_before))
         if self.privacy is not None:
             report["epsilon"] = self.privacy.end_round()
 
