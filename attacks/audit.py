@@ -170,6 +170,7 @@ def run_audit(
             confidence=audit.confidence,
             seed=audit.seed,
             gallery=audit.gallery,
+            permutations=audit.recon_permutations,
             inversion=InversionSettings(
                 images=audit.inversion_images,
                 steps=audit.inversion_steps,

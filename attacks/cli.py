@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--inversion-steps", "inversion_steps"),
         ("--inversion-client", "inversion_client"),
         ("--gallery", "gallery"),
+        ("--recon-permutations", "recon_permutations"),
     )
     for flag, name in ints:
         p.add_argument(flag, dest=name, metavar="N", help=flag_help(name))
@@ -128,6 +129,7 @@ def audit_config_from_args(args: argparse.Namespace) -> AuditConfig:
         "inversion_steps",
         "inversion_client",
         "gallery",
+        "recon_permutations",
     ):
         flag = "--" + name.replace("_", "-")
         value = _number(flag, getattr(args, name), int)
@@ -279,7 +281,8 @@ def summary_lines(results: dict) -> str:
         g = results["recon"]["dreams"]
         lines.append(
             f"reconstruction: median gap L2 {num(g['gap_l2']['median'])}, share closer to training "
-            f"{num(g['closer_to_train']['value'])}"
+            f"{num(g['closer_to_train']['value'])} (permutation p = "
+            f"{num(g['closer_to_train']['permutation']['p_value'])})"
         )
     if "labels" in results:
         lab = results["labels"]

@@ -94,6 +94,9 @@ class AuditConfig:
     )
     inversion_client: int = _spec(0, "--inversion-client", 0, 100_000)
     gallery: int = _spec(12, "--gallery", 1, 200, help="closest pairs shown per gallery")
+    recon_permutations: int = _spec(
+        1000, "--recon-permutations", 1, 1_000_000, help="re-splits in the reconstruction null"
+    )
 
     def needs_target(self) -> bool:
         return any(a in self.attacks for a in ("mia", "recon", "labels"))

@@ -10,7 +10,13 @@ import torch
 
 from attacks.membership.targets import PipelineRun, Universe
 from attacks.reconstruction.inversion import InversionSettings, deep_inversion
-from attacks.reconstruction.nearest import GapResult, dream_gaps, matched_holdout, summarise_gaps
+from attacks.reconstruction.nearest import (
+    GapResult,
+    dream_gaps,
+    matched_holdout,
+    permutation_test,
+    summarise_gaps,
+)
 from securedream.seeding import numpy_generator
 
 
@@ -20,6 +26,7 @@ class ReconstructionSettings:
     seed: int = 0
     gallery: int = 12  # closest pairs shown in the gallery PNG
     control_queries: int = 64  # unseen images used as "dreams" by the negative control
+    permutations: int = 1000  # label-stratified re-splits for the share's permutation null
     inversion: InversionSettings = field(default_factory=InversionSettings)
     run_inversion: bool = True
 
@@ -47,8 +54,14 @@ def reference_sets(
     return ReferenceSets(train=train, holdout=holdout, control_queries=control)
 
 
-def gap_report(gaps: GapResult, queries: torch.Tensor, settings: ReconstructionSettings) -> dict:
+def gap_report(
+    gaps: GapResult,
+    queries: torch.Tensor,
+    settings: ReconstructionSettings,
+    null: dict[str, Any],
+) -> dict:
     report = summarise_gaps(gaps, settings.confidence)
+    report["closer_to_train"]["permutation"] = null
     report["queries"] = int(queries.shape[0])
     # kept out of audit.json (leading underscore); used for the histogram and gallery PNGs
     report["_gaps"] = gaps
@@ -64,11 +77,20 @@ def run_reconstruction_audit(
     pixels = universe.pixels()
     refs = reference_sets(universe, target, settings)
     dreams = universe.pixels(torch.cat([x for x, _ in target.buffer]))
+    labels = universe.y.numpy()
+    rng = numpy_generator(settings.seed, "reconstruction-permutations")
+
+    def null(queries: torch.Tensor, train: list[np.ndarray], hold: list[np.ndarray]) -> dict:
+        return permutation_test(queries, pixels, train, hold, labels, rng, settings.permutations)
+
     result: dict[str, Any] = {
         "settings": asdict(settings),
         "reference_sizes": [int(t.size) for t in refs.train],
         "dreams": gap_report(
-            dream_gaps(dreams, pixels, refs.train, refs.holdout), dreams, settings
+            dream_gaps(dreams, pixels, refs.train, refs.holdout),
+            dreams,
+            settings,
+            null(dreams, refs.train, refs.holdout),
         ),
     }
     if settings.run_inversion:
@@ -82,8 +104,9 @@ def run_reconstruction_audit(
             inv,
         )
         queries = universe.pixels(images)
-        gaps = dream_gaps(queries, pixels, [refs.train[inv.client]], [refs.holdout[inv.client]])
-        report = gap_report(gaps, queries, settings)
+        train, hold = [refs.train[inv.client]], [refs.holdout[inv.client]]
+        gaps = dream_gaps(queries, pixels, train, hold)
+        report = gap_report(gaps, queries, settings, null(queries, train, hold))
         report["client"] = inv.client
         report["final_terms"] = terms
         result["inversion"] = report

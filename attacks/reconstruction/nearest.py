@@ -11,6 +11,12 @@ distribution; a dream that copies a training image has a large negative gap. SSI
 computed for both nearest pairs (gap_ssim = SSIM_T − SSIM_H, gap_psnr = PSNR_T − PSNR_H: positive
 when the training image is more similar). With no memorisation, P(gap_l2 < 0) = ½ up to label-mix
 differences between T_k and H_k, which is why H_k is drawn with T_k's label histogram.
+
+The binomial interval on that share treats (dream, client) pairs as independent. They are not when
+many dreams share one nearest image (noise-like dreams all land on the same low-norm digit), and
+then a chance property of one split decides hundreds of pairs at once. The permutation test asks
+the question directly: is client k's real training set closer to these dreams than label-matched
+random halves of T_k ∪ H_k are?
 """
 
 from __future__ import annotations
@@ -127,6 +133,62 @@ def dream_gaps(
             rows["train_index"].append(int(train[ti[q]]))
             rows["holdout_index"].append(int(hold[hi[q]]))
     return GapResult(**{k: np.asarray(v) for k, v in rows.items()})
+
+
+def permutation_test(
+    queries: torch.Tensor,
+    universe_pixels: torch.Tensor,
+    train_sets: Sequence[np.ndarray],
+    holdout_sets: Sequence[np.ndarray],
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    permutations: int = 1000,
+) -> dict[str, Any]:
+    """Null distribution of the share closer to training under label-stratified re-splits.
+
+    Under "the dreams do not depend on which images were trained on", the train/holdout tags are
+    exchangeable within each label of T_k ∪ H_k. Each permutation re-draws T'_k with T_k's label
+    counts from the union and recomputes the share over all (dream, client) pairs, so the null
+    keeps every dependence between pairs. ``p_value`` is (1 + #null ≥ observed) / (1 + P).
+    """
+    if permutations < 1:
+        raise ValueError(f"permutations must be >= 1, got {permutations}")
+    observed = 0
+    pairs = 0
+    null = np.zeros(permutations, dtype=np.int64)
+    for train, hold in zip(train_sets, holdout_sets, strict=True):
+        union = np.concatenate([train, hold])
+        q = queries.reshape(queries.shape[0], -1).double()
+        dist = torch.cdist(q, universe_pixels[union].reshape(union.size, -1).double()).numpy()
+        is_train = np.zeros(union.size, dtype=bool)
+        is_train[: train.size] = True
+        observed += _closer_count(dist, is_train)
+        pairs += dist.shape[0]
+        union_labels = labels[union]
+        groups = [np.flatnonzero(union_labels == c) for c in np.unique(union_labels)]
+        counts = [int(is_train[g].sum()) for g in groups]
+        for p in range(permutations):
+            mask = np.zeros(union.size, dtype=bool)
+            for g, n in zip(groups, counts, strict=True):
+                mask[rng.choice(g, n, replace=False)] = True
+            null[p] += _closer_count(dist, mask)
+    share = null / pairs
+    return {
+        "observed": observed / pairs,
+        "p_value": float((1 + np.count_nonzero(null >= observed)) / (1 + permutations)),
+        "null_mean": float(share.mean()),
+        "null_q025": float(np.quantile(share, 0.025)),
+        "null_q975": float(np.quantile(share, 0.975)),
+        "permutations": permutations,
+        "method": "label-stratified re-splits of each client's training ∪ holdout set",
+    }
+
+
+def _closer_count(dist: np.ndarray, is_train: np.ndarray) -> int:
+    """Queries whose nearest image among ``is_train`` columns beats the rest (strictly)."""
+    to_train = dist[:, is_train].min(axis=1)
+    to_hold = dist[:, ~is_train].min(axis=1)
+    return int(np.count_nonzero(to_train < to_hold))
 
 
 def _quantiles(x: np.ndarray) -> dict[str, float]:

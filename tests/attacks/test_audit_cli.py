@@ -38,6 +38,7 @@ def _tiny_sets(*extra: str) -> list[str]:
         (["--attacks", "canary,sql"], "--attacks: 'sql' is not one of"),
         (["--attacks", ","], "--attacks: must name at least one"),
         (["--shadows", "0"], "--shadows: must be in [1, 10000]"),
+        (["--recon-permutations", "0"], "--recon-permutations: must be in [1, 1000000]"),
         (["--canary-channel", "pixels"], "--canary-channel: must be one of"),
         (["--inversion-client", "5"], "--inversion-client: must be in [0, 1] for this run"),
         (["--set", "clients.count=0"], "clients.count"),

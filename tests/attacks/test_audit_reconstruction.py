@@ -20,6 +20,7 @@ from attacks.reconstruction.nearest import (
     dream_gaps,
     matched_holdout,
     nearest,
+    permutation_test,
     psnr,
     ssim,
     summarise_gaps,
@@ -74,6 +75,53 @@ def test_copies_of_training_images_have_negative_gaps():
     assert summary["closer_to_train"]["sign_test_p_value"] < 0.01
 
 
+def test_permutation_test_flags_copies_and_matches_the_observed_share():
+    g = torch.Generator().manual_seed(3)
+    pixels = torch.rand(120, 1, 8, 8, generator=g)
+    labels = np.repeat(np.arange(4), 30)
+    train, hold = np.arange(0, 120, 2), np.arange(1, 120, 2)  # label-matched halves
+    copies = (pixels[train[:20]] + 0.01).clamp(0, 1)
+    result = permutation_test(
+        copies, pixels, [train], [hold], labels, np.random.default_rng(0), permutations=199
+    )
+    share = summarise_gaps(dream_gaps(copies, pixels, [train], [hold]))["closer_to_train"]
+    assert result["observed"] == share["value"] == 1.0
+    assert result["p_value"] == pytest.approx(1 / 200)  # nothing in the null reaches 1.0
+    assert 0.3 < result["null_mean"] < 0.7
+
+
+def test_permutation_null_is_wide_when_every_query_shares_one_neighbour():
+    # Queries far from every image all pick the one image of smallest norm. Whichever set holds it
+    # wins every pair: the binomial test calls that certain, the permutation null does not.
+    g = torch.Generator().manual_seed(4)
+    pixels = torch.rand(60, 1, 8, 8, generator=g) * 0.5 + 0.5
+    pixels[0] = 0.0  # smallest norm, in the training set
+    labels = np.zeros(60, dtype=np.int64)
+    train, hold = np.arange(0, 30), np.arange(30, 60)
+    far = -torch.ones(40, 1, 8, 8)
+    share = summarise_gaps(dream_gaps(far, pixels, [train], [hold]))["closer_to_train"]
+    assert share["value"] == 1.0 and share["sign_test_p_value"] < 1e-9
+    result = permutation_test(
+        far, pixels, [train], [hold], labels, np.random.default_rng(1), permutations=400
+    )
+    assert result["null_q025"] == 0.0 and result["null_q975"] == 1.0
+    assert result["p_value"] > 0.3  # about one half: the image lands in T' half of the time
+
+
+def test_permutation_test_rejects_zero_permutations():
+    pixels = torch.rand(4, 1, 2, 2)
+    with pytest.raises(ValueError, match="permutations"):
+        permutation_test(
+            pixels,
+            pixels,
+            [np.arange(2)],
+            [np.arange(2, 4)],
+            np.zeros(4, int),
+            np.random.default_rng(0),
+            permutations=0,
+        )
+
+
 def test_reconstruction_audit_and_controls_on_a_tiny_run():
     universe, target, _ = load_target(trained_run())
     settings = ReconstructionSettings(inversion=InversionSettings(images=8, steps=30))
@@ -81,6 +129,9 @@ def test_reconstruction_audit_and_controls_on_a_tiny_run():
     dreams = result["dreams"]
     assert dreams["pairs"] == 2 * sum(x.shape[0] for x, _ in target.buffer)
     assert dreams["closer_to_train"]["low"] <= dreams["closer_to_train"]["value"]
+    perm = dreams["closer_to_train"]["permutation"]
+    assert perm["observed"] == pytest.approx(dreams["closer_to_train"]["value"])
+    assert 0 < perm["p_value"] <= 1 and perm["null_q025"] <= perm["null_q975"]
     assert result["inversion"]["pairs"] == 8 and result["inversion"]["client"] == 0
     controls = reconstruction_controls(universe, target, settings)
     assert controls["positive"]["passed"], controls["positive"]
