@@ -267,8 +267,10 @@ def test_nodes_rebuilt_from_context_state_every_message(tmp_path, monkeypatch) -
     monkeypatch.setenv(clientside.NO_CACHE_ENV, "1")
     cfg = tiny("secure_aggregation.enabled=true", "clients.count=3", 'clients.models=["cnn-bn"]')
     run_experiment(cfg, tmp_path / "inprocess", progress=False)
-    run_loopback(cfg, tmp_path / "flower")
+    summary, _ = run_loopback(cfg, tmp_path / "flower")
     _same_run(tmp_path / "inprocess", tmp_path / "flower")
+    inprocess = RunFolder(tmp_path / "inprocess").read_metrics()
+    assert summary["final_client_accuracy"] == inprocess[-1]["client_accuracy"]
 
 
 def test_bytes_are_counted_from_message_payloads(tmp_path) -> None:

@@ -14,21 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.membership.targets import Universe
+from attacks.membership.targets import Universe, per_sample_scores
 
 
-@torch.no_grad()
+def _negative_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return -F.cross_entropy(logits.double(), labels, reduction="none")
+
+
 def model_losses(
     models: Sequence[nn.Module], universe: Universe, batch_size: int = 1000
 ) -> np.ndarray:
     """[K, N] −cross-entropy of every client model on every universe sample (higher = member)."""
-    out = np.empty((len(models), len(universe)))
-    for k, model in enumerate(models):
-        model.eval()
-        device = next(model.parameters()).device
-        for i in range(0, len(universe), batch_size):
-            x = universe.x[i : i + batch_size].to(device)
-            y = universe.y[i : i + batch_size].to(device)
-            loss = F.cross_entropy(model(x).double(), y, reduction="none")
-            out[k, i : i + batch_size] = (-loss).cpu().numpy()
-    return out
+    return per_sample_scores(models, universe, _negative_loss, batch_size)

@@ -198,10 +198,13 @@ def logit_confidence(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 
 @torch.no_grad()
-def model_observations(
-    models: Sequence[nn.Module], universe: Universe, batch_size: int = 1000
+def per_sample_scores(
+    models: Sequence[nn.Module],
+    universe: Universe,
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    batch_size: int = 1000,
 ) -> np.ndarray:
-    """[K, N] φ of every client model on every universe sample (eval mode)."""
+    """[K, N] ``score(logits, labels)`` of every client model on every universe sample (eval)."""
     out = np.empty((len(models), len(universe)))
     for k, model in enumerate(models):
         model.eval()
@@ -209,8 +212,15 @@ def model_observations(
         for i in range(0, len(universe), batch_size):
             x = universe.x[i : i + batch_size].to(device)
             y = universe.y[i : i + batch_size].to(device)
-            out[k, i : i + batch_size] = logit_confidence(model(x), y).cpu().numpy()
+            out[k, i : i + batch_size] = score(model(x), y).cpu().numpy()
     return out
+
+
+def model_observations(
+    models: Sequence[nn.Module], universe: Universe, batch_size: int = 1000
+) -> np.ndarray:
+    """[K, N] φ of every client model on every universe sample (eval mode)."""
+    return per_sample_scores(models, universe, logit_confidence, batch_size)
 
 
 @dataclass(frozen=True)
