@@ -156,6 +156,28 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class DiagnosticsConfig:
+    """Per-client diagnostics that a private run withholds unless the user opts in by name.
+
+    With ``privacy.placement != "off"`` or ``privacy.sample_level = true`` a client sends the server
+    only the protected sums and the protocol's own messages (see securedream.diagnostics). Each key
+    here re-enables one plain channel; it is not noised, not counted in ε, and is listed in
+    privacy.json under ``opt_in_leaks``.
+    """
+
+    leak_per_client_metrics: bool = _spec(
+        False,
+        help="private runs: each client's train/distill loss, test accuracy, raw contribution "
+        "norms and dream-loss terms reach the server in the clear, outside ε",
+    )
+    leak_label_histograms: bool = _spec(
+        False,
+        help="private runs: each client's exact label histogram and sample count reach the server "
+        "in the clear (splits.json), outside ε",
+    )
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     dream_grid: bool = _spec(True, help="write a PNG grid of dreams each round")
     grid_images: int = _spec(64, low=1, high=1024)
@@ -178,6 +200,7 @@ class RunConfig:
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def client_models(self) -> list[str]:
@@ -194,6 +217,7 @@ SECTIONS: dict[str, type] = {
     "baselines": BaselinesConfig,
     "secure_aggregation": SecureAggregationConfig,
     "privacy": PrivacyConfig,
+    "diagnostics": DiagnosticsConfig,
     "output": OutputConfig,
 }
 
@@ -296,6 +320,20 @@ def _validate_cross_fields(cfg: RunConfig) -> None:
         )
     if cfg.data.dataset in ("mnist", "fashionmnist", "cifar10", "svhn") and not cfg.data.root:
         raise ConfigError("data.root", f"is required for dataset {cfg.data.dataset!r}")
+    _validate_diagnostics(cfg)
+
+
+def _validate_diagnostics(cfg: RunConfig) -> None:
+    """An opt-in leak is meaningful only in a private run (a plain run sends everything anyway)."""
+    if cfg.privacy.placement != "off" or cfg.privacy.sample_level:
+        return
+    for f in fields(DiagnosticsConfig):
+        if getattr(cfg.diagnostics, f.name):
+            raise ConfigError(
+                f"diagnostics.{f.name}",
+                "only applies to private runs: set privacy.placement (or privacy.sample_level) "
+                "first; without privacy every per-client diagnostic is sent anyway",
+            )
 
 
 def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:

@@ -38,6 +38,7 @@ COMPARED = (
     "dream_label_histogram",
     "contribution_norms",
     "aggregations",
+    "survivors",
 )
 
 

@@ -135,6 +135,7 @@ def _same_run(a_dir, b_dir) -> None:
             "dream_confidence",
             "dream_label_histogram",
             "contribution_norms",
+            "survivors",
         ):
             assert ra.get(key) == rb.get(key), key
 
@@ -248,7 +249,12 @@ def test_protocol_client_survives_save_and_restore_after_every_message() -> None
             'secure_aggregation.dropouts=["1:masked_input:1","2:advertise:0:1","3:unmask:2:0"]',
             "dreams.snapshots=2",
         ),
-        ('privacy.placement="central"', "privacy.noise_multiplier=0.5"),
+        (
+            'privacy.placement="central"',
+            "privacy.noise_multiplier=0.5",
+            # compare every per-client metric too (tests/test_side_channels.py: the default)
+            "diagnostics.leak_per_client_metrics=true",
+        ),
     ],
     ids=["plain", "secure", "secure-planned-dropouts", "central-dp"],
 )
