@@ -113,6 +113,11 @@ def not_protected_notes(cfg: RunConfig, engine: str) -> list[str]:
             "harness's evaluation of every client model on the public test set; they are not DP "
             "and a deployment's server does not receive them"
         )
+    if engine == "inprocess" and cfg.output.checkpoint:
+        notes.append(
+            "the run folder's checkpoint/ holds every client's model in clear (for --resume): it "
+            "is the operator's and is not covered by ε"
+        )
     return notes
 
 
