@@ -168,7 +168,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"final mean client accuracy {summary['final_mean_accuracy']:.4f} "
         f"± {summary['final_std_accuracy']:.4f} over {summary['clients']} model(s)"
         if summary.get("final_mean_accuracy") is not None
-        else "client accuracies stay on the clients (private run)"
+        else "client accuracies stay on the clients (secure/private run)"
     )
     print(
         f"{summary['method']}: {accuracy}; "

@@ -157,23 +157,23 @@ class PrivacyConfig:
 
 @dataclass(frozen=True)
 class DiagnosticsConfig:
-    """Per-client diagnostics that a private run withholds unless the user opts in by name.
+    """Per-client diagnostics that a protecting run withholds unless the user opts in by name.
 
-    With ``privacy.placement != "off"`` or ``privacy.sample_level = true`` a client sends the server
-    only the protected sums and the protocol's own messages (see securedream.diagnostics). Each key
-    here re-enables one plain channel; it is not noised, not counted in ε, and is listed in
-    privacy.json under ``opt_in_leaks``.
+    With secure aggregation, client-level DP or sample-level DP on, a client sends the server only
+    the protected sums and the protocol's own messages (see securedream.diagnostics). Each key here
+    re-enables one plain channel: not masked, not noised, not counted in ε, and listed under
+    ``opt_in_leaks`` in summary.json and privacy.json.
     """
 
     leak_per_client_metrics: bool = _spec(
         False,
-        help="private runs: each client's train/distill loss, test accuracy, raw contribution "
-        "norms and dream-loss terms reach the server in the clear, outside ε",
+        help="secure/private runs: each client's train/distill loss, test accuracy, raw "
+        "contribution norms and dream-loss terms reach the server in the clear, outside ε",
     )
     leak_label_histograms: bool = _spec(
         False,
-        help="private runs: each client's exact label histogram and sample count reach the server "
-        "in the clear (splits.json), outside ε",
+        help="secure/private runs: each client's exact label histogram and sample count reach the "
+        "server in the clear (splits.json), outside ε",
     )
 
 
@@ -324,15 +324,15 @@ def _validate_cross_fields(cfg: RunConfig) -> None:
 
 
 def _validate_diagnostics(cfg: RunConfig) -> None:
-    """An opt-in leak is meaningful only in a private run (a plain run sends everything anyway)."""
-    if cfg.privacy.placement != "off" or cfg.privacy.sample_level:
+    """An opt-in leak means something only in a run that protects clients (else all is sent)."""
+    if cfg.secure_aggregation.enabled or cfg.privacy.placement != "off" or cfg.privacy.sample_level:
         return
     for f in fields(DiagnosticsConfig):
         if getattr(cfg.diagnostics, f.name):
             raise ConfigError(
                 f"diagnostics.{f.name}",
-                "only applies to private runs: set privacy.placement (or privacy.sample_level) "
-                "first; without privacy every per-client diagnostic is sent anyway",
+                "only applies when secure_aggregation.enabled, privacy.placement or "
+                "privacy.sample_level is on; without them every per-client diagnostic is sent",
             )
 
 

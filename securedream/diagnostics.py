@@ -1,11 +1,14 @@
 """Side channels: what a client discloses beyond the protected sums, and what a run folder records.
 
-A run is *private* when ``privacy.placement != "off"`` or ``privacy.sample_level = true``. ε then
-covers the protected releases only (the noised sums of dream gradients and logits, and DP-SGD local
-training). Anything else a client sends, such as its losses, its test accuracy, the raw norm of its
-contribution, its dream-loss terms, or its label histogram and sample count, is not noised and not
-counted. It would be a plain side channel next to the ε. So a private run withholds all of it on
-both engines:
+A run *protects* its clients when it claims that the server learns only sums or only DP releases:
+secure aggregation on (``secure_aggregation.enabled``), client-level DP on
+(``privacy.placement != "off"``), or DP-SGD local training on (``privacy.sample_level``). Those
+guarantees cover the protected releases only: the masked and/or noised sums of dream gradients and
+logits, and the DP-SGD model. Anything else a client sends is neither masked, noised nor counted:
+its losses, its test accuracy, the raw norm of its contribution (the statistic of the dream-oracle
+membership attack, which secure aggregation is meant to defeat), its dream-loss terms, its label
+histogram and sample count. That would be a plain side channel next to the guarantee. So a
+protecting run withholds all of it on both engines:
 
 * Flower: the ClientApp replies with the protocol's own fields only (tests/test_side_channels.py
   holds the allow-list per message type); the node logs its own test accuracy locally.
@@ -15,13 +18,14 @@ both engines:
   the experimenter's evaluation of a simulation, not something a deployment's server could
   observe. The privacy report says so.
 
-Sample-level DP alone (placement off) counts as private too: DP-SGD bounds what the *trained
-model* reveals about one sample, but a loss, an accuracy or a histogram computed on the private
-data and sent in the clear sits outside that bound just the same.
+Sample-level DP alone counts too: DP-SGD bounds what the *trained model* reveals about one sample,
+but a loss, an accuracy or a histogram computed on the private data and sent in the clear sits
+outside that bound just the same.
 
 Each channel comes back only through a config key whose name says what it leaks
-(:class:`securedream.config.DiagnosticsConfig`). The opted-in keys go into privacy.json under
-``opt_in_leaks`` and into its ``not_protected`` list (:func:`add_to_privacy_report`).
+(:class:`securedream.config.DiagnosticsConfig`). The opted-in keys go into summary.json and
+privacy.json under ``opt_in_leaks``, and into privacy.json's ``not_protected`` list
+(:func:`add_to_privacy_report`).
 """
 
 from __future__ import annotations
@@ -55,27 +59,29 @@ OPT_IN_LEAKS: dict[str, str] = {
 }
 
 
-def is_private(cfg: RunConfig) -> bool:
-    """Whether the run claims a DP guarantee (client-level or sample-level)."""
-    return cfg.privacy.placement != "off" or cfg.privacy.sample_level
+def is_protected(cfg: RunConfig) -> bool:
+    """Whether the run claims the server learns only sums or DP releases (see module doc)."""
+    return (
+        cfg.secure_aggregation.enabled or cfg.privacy.placement != "off" or cfg.privacy.sample_level
+    )
 
 
 @dataclass(frozen=True)
 class Disclosure:
-    """Which plain per-client channels this run opens (all of them when it is not private)."""
+    """Which plain per-client channels this run opens (all of them when it protects nothing)."""
 
-    private: bool
+    protected: bool
     per_client_metrics: bool
     label_histograms: bool
 
     @classmethod
     def of(cls, cfg: RunConfig) -> Disclosure:
-        private = is_private(cfg)
+        protected = is_protected(cfg)
         d = cfg.diagnostics
         return cls(
-            private=private,
-            per_client_metrics=not private or d.leak_per_client_metrics,
-            label_histograms=not private or d.leak_label_histograms,
+            protected=protected,
+            per_client_metrics=not protected or d.leak_per_client_metrics,
+            label_histograms=not protected or d.leak_label_histograms,
         )
 
     def round_record(self, report: Mapping[str, Any]) -> dict[str, Any]:
@@ -89,8 +95,8 @@ class Disclosure:
 
 
 def opt_in_leaks(cfg: RunConfig) -> list[str]:
-    """The diagnostics keys this private run turned on (none in a plain run: nothing to opt in)."""
-    if not is_private(cfg):
+    """The diagnostics keys this run turned on (none in a plain run: nothing to opt in)."""
+    if not is_protected(cfg):
         return []
     return [key for key in OPT_IN_LEAKS if getattr(cfg.diagnostics, key.split(".", 1)[1])]
 

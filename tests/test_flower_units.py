@@ -43,6 +43,9 @@ TINY = [
 ]
 
 _RUN_IDS = itertools.count(1000)
+# secure and private runs withhold per-client metrics (tests/test_side_channels.py); the parity
+# and dropout tests below read them, so their secure runs opt in
+METRICS = "diagnostics.leak_per_client_metrics=true"
 
 
 def tiny(*extra: str):
@@ -240,9 +243,15 @@ def test_protocol_client_survives_save_and_restore_after_every_message() -> None
     "extra",
     [
         (),
-        ("secure_aggregation.enabled=true", "clients.count=3", 'clients.models=["cnn-bn"]'),
         (
             "secure_aggregation.enabled=true",
+            METRICS,
+            "clients.count=3",
+            'clients.models=["cnn-bn"]',
+        ),
+        (
+            "secure_aggregation.enabled=true",
+            METRICS,
             "clients.count=4",
             'clients.models=["cnn-bn"]',
             "secure_aggregation.threshold=2",
@@ -252,8 +261,7 @@ def test_protocol_client_survives_save_and_restore_after_every_message() -> None
         (
             'privacy.placement="central"',
             "privacy.noise_multiplier=0.5",
-            # compare every per-client metric too (tests/test_side_channels.py: the default)
-            "diagnostics.leak_per_client_metrics=true",
+            METRICS,
         ),
     ],
     ids=["plain", "secure", "secure-planned-dropouts", "central-dp"],
@@ -271,7 +279,9 @@ def test_loopback_run_equals_in_process(tmp_path, monkeypatch, extra) -> None:
 def test_nodes_rebuilt_from_context_state_every_message(tmp_path, monkeypatch) -> None:
     """What the deployment runtime does (a fresh process per message) gives the same run."""
     monkeypatch.setenv(clientside.NO_CACHE_ENV, "1")
-    cfg = tiny("secure_aggregation.enabled=true", "clients.count=3", 'clients.models=["cnn-bn"]')
+    cfg = tiny(
+        "secure_aggregation.enabled=true", METRICS, "clients.count=3", 'clients.models=["cnn-bn"]'
+    )
     run_experiment(cfg, tmp_path / "inprocess", progress=False)
     summary, _ = run_loopback(cfg, tmp_path / "flower")
     _same_run(tmp_path / "inprocess", tmp_path / "flower")
@@ -295,6 +305,7 @@ def test_bytes_are_counted_from_message_payloads(tmp_path) -> None:
 def test_client_dying_mid_round_is_a_dropout(tmp_path, answers) -> None:
     cfg = tiny(
         "secure_aggregation.enabled=true",
+        METRICS,
         "clients.count=3",
         'clients.models=["cnn-bn"]',
         "secure_aggregation.threshold=2",
@@ -316,6 +327,7 @@ def test_client_dying_mid_round_is_a_dropout(tmp_path, answers) -> None:
 def test_client_restarted_between_rounds_rejoins(tmp_path) -> None:
     cfg = tiny(
         "secure_aggregation.enabled=true",
+        METRICS,
         "clients.count=3",
         'clients.models=["cnn-bn"]',
         "secure_aggregation.threshold=2",

@@ -1,9 +1,12 @@
-"""A private run sends the server nothing per client but the protected sums and protocol messages.
+"""A secure or private run sends the server nothing per client but the protected sums and the
+protocol's own messages.
 
 Flower: every reply the ServerApp pulls from the Grid is captured (record by record, key by key)
 and checked against an allow-list of protocol fields per message type. The fast variant runs the
 real ServerApp against the real ClientApp over the loopback grid of tests/test_flower_units.py;
 the slow one does the same on Flower's simulation runtime (Ray), the path of test_flower_sim.py.
+"Protecting" runs: secure aggregation alone, central DP without secure aggregation, distributed DP
+with secure aggregation and planned dropouts.
 
 In-process: the server loop keeps nothing of a client's response but what it hands to the
 aggregator, and the run folder (metrics.jsonl, summary.json, splits.json) records no per-client
@@ -41,10 +44,10 @@ from securedream.rounds.experiment import Experiment
 from securedream.rounds.server import collaborative_dreaming
 from securedream.runs import RunFolder
 
-# What a client may send in a private run with no opt-in: message type -> record -> keys. Every
-# entry is protocol (routing, buffer bookkeeping, dropout signalling, masked wire messages) or a
-# public property of the configured run; nothing here is computed from a client's private data
-# except the protected contribution itself.
+# What a client may send in a secure or private run with no opt-in: message type -> record ->
+# keys. Every entry is protocol (routing, buffer bookkeeping, dropout signalling, masked wire
+# messages) or a public property of the configured run; nothing here is computed from a client's
+# private data except the protected contribution itself.
 PROTOCOL_FIELDS: dict[str, dict[str, set[str]]] = {
     m.HELLO: {
         "cfg": {
@@ -106,7 +109,12 @@ FLOWER_ROUND_KEYS = ROUND_KEYS | {"flower"}  # roster, dropouts and message coun
 # the in-process harness's own evaluation of every client model (mean and spread only)
 INPROCESS_ROUND_KEYS = ROUND_KEYS | {"mean_accuracy", "std_accuracy"}
 
-PRIVATE_RUNS = {
+PROTECTED_RUNS = {
+    "secagg-only": (
+        "secure_aggregation.enabled=true",
+        "clients.count=3",
+        'clients.models=["cnn-bn"]',
+    ),
     "central-plain-transport": ('privacy.placement="central"', "privacy.noise_multiplier=0.5"),
     "distributed-secagg-dropouts": (
         "secure_aggregation.enabled=true",
@@ -164,7 +172,7 @@ def received_fields(replies: Iterable[tuple[str, Any]]) -> set[tuple[str, str, s
 
 
 def leaks(fields: set[tuple[str, str, str]], secure: bool) -> set[tuple[str, str, str]]:
-    """Fields outside the private-run allow-list."""
+    """Fields outside the allow-list of a secure or private run."""
     allowed = {(t, r, k) for t, records in PROTOCOL_FIELDS.items() for r, ks in records.items()
                for k in ks}  # fmt: skip
     if not secure:
@@ -188,10 +196,12 @@ def check_run_folder(path, round_keys: set[str], engine: str) -> list[dict[str, 
         assert len(record["survivors"]) == record["aggregations"]
     summary = json.loads((path / "summary.json").read_text())
     assert summary["final_client_accuracy"] is None
+    assert summary["opt_in_leaks"] == []
     splits = json.loads((path / "splits.json").read_text())
     assert not {"label_histograms", "sizes"} & set(splits)
-    privacy = json.loads((path / "privacy.json").read_text())
-    assert privacy["opt_in_leaks"] == []
+    if (path / "privacy.json").is_file():  # DP runs (secure aggregation alone writes none)
+        privacy = json.loads((path / "privacy.json").read_text())
+        assert privacy["opt_in_leaks"] == []
     if engine == "flower":  # the server never learns an accuracy
         assert summary["final_mean_accuracy"] is None
     return records
@@ -201,8 +211,8 @@ def check_run_folder(path, round_keys: set[str], engine: str) -> list[dict[str, 
 # Flower, fast: the real ServerApp and ClientApp over the loopback grid
 
 
-@pytest.mark.parametrize("extra", list(PRIVATE_RUNS.values()), ids=list(PRIVATE_RUNS))
-def test_private_flower_clients_send_only_protocol_fields(tmp_path, extra) -> None:
+@pytest.mark.parametrize("extra", list(PROTECTED_RUNS.values()), ids=list(PROTECTED_RUNS))
+def test_protected_flower_clients_send_only_protocol_fields(tmp_path, extra) -> None:
     cfg = tiny(*extra)
     grid = run_recorded(cfg, tmp_path / "flower")
     fields = received_fields(grid.replies)
@@ -220,23 +230,27 @@ def test_private_flower_clients_send_only_protocol_fields(tmp_path, extra) -> No
     for got, want in zip(records, reference, strict=True):
         assert set(got) - {"flower"} == set(want) - {"mean_accuracy", "std_accuracy"}
         assert got["survivors"] == want["survivors"]
-    if secure:  # the planned drops show in the survivors (4 clients, drops of 1 and 3)
+    if cfg.secure_aggregation.dropouts:  # the planned drops show (4 clients, drops of 1 and 3)
         assert min(records[0]["survivors"]) == 2 and max(records[0]["survivors"]) == 4
 
 
 def test_plain_flower_run_sends_the_documented_diagnostics(tmp_path) -> None:
-    """Privacy off: the checker finds exactly the per-client channels docs/distributed.md lists."""
+    """Nothing protected: the checker finds exactly the channels docs/distributed.md lists."""
     grid = run_recorded(tiny(), tmp_path / "plain")
     found = leaks(received_fields(grid.replies), secure=False)
     assert found == PER_CLIENT_METRIC_FIELDS | LABEL_HISTOGRAM_FIELDS
 
 
 def test_opt_in_opens_exactly_the_named_channel(tmp_path) -> None:
-    cfg = tiny(*PRIVATE_RUNS["central-plain-transport"], "diagnostics.leak_per_client_metrics=true")
+    cfg = tiny(
+        *PROTECTED_RUNS["central-plain-transport"], "diagnostics.leak_per_client_metrics=true"
+    )
     grid = run_recorded(cfg, tmp_path / "flower")
     assert leaks(received_fields(grid.replies), secure=False) == PER_CLIENT_METRIC_FIELDS
     privacy = json.loads((tmp_path / "flower" / "privacy.json").read_text())
     assert privacy["opt_in_leaks"] == ["diagnostics.leak_per_client_metrics"]
+    summary = json.loads((tmp_path / "flower" / "summary.json").read_text())
+    assert summary["opt_in_leaks"] == ["diagnostics.leak_per_client_metrics"]
     assert any("diagnostics.leak_per_client_metrics" in n for n in privacy["not_protected"])
     record = RunFolder(tmp_path / "flower").read_metrics()[-1]
     assert len(record["client_accuracy"]) == cfg.clients.count
@@ -259,7 +273,7 @@ def ray_tmp(monkeypatch):
 
 
 @pytest.mark.slow
-def test_private_flower_simulation_sends_only_protocol_fields(tmp_path, ray_tmp, monkeypatch):
+def test_protected_flower_simulation_sends_only_protocol_fields(tmp_path, ray_tmp, monkeypatch):
     from securedream.engines.flower import run_flower
 
     recorders: list[GridRecorder] = []
@@ -270,7 +284,7 @@ def test_private_flower_simulation_sends_only_protocol_fields(tmp_path, ray_tmp,
         return link_class(recorders[-1], *args, **kwargs)
 
     monkeypatch.setattr(server_app, "FlowerLink", recording_link)
-    cfg = tiny(*PRIVATE_RUNS["distributed-secagg-dropouts"], "rounds=1")
+    cfg = tiny(*PROTECTED_RUNS["distributed-secagg-dropouts"], "rounds=1")
     run_flower(cfg, tmp_path / "flower", progress=False)
     (grid,) = recorders
     assert {t for t, _ in grid.replies} == set(PROTOCOL_FIELDS)
@@ -308,7 +322,7 @@ class RecordingAggregator(Aggregator):
 def test_inprocess_server_loop_keeps_only_the_sums(leak) -> None:
     """Responses reach the aggregator only; the loop keeps no norm or loss term unless opted in."""
     extra = ["diagnostics.leak_per_client_metrics=true"] if leak else []
-    cfg = tiny(*PRIVATE_RUNS["central-plain-transport"], *extra)
+    cfg = tiny(*PROTECTED_RUNS["central-plain-transport"], *extra)
     exp = Experiment(cfg)
     aggregator = RecordingAggregator(exp.aggregator)
     settings = exp.dreaming_settings(0)
@@ -330,8 +344,8 @@ def test_inprocess_server_loop_keeps_only_the_sums(leak) -> None:
     assert all(bool(k) is leak for k in kept)
 
 
-def test_private_inprocess_run_folder_has_no_per_client_quantity(tmp_path) -> None:
-    cfg = tiny(*PRIVATE_RUNS["central-plain-transport"])
+def test_protected_inprocess_run_folder_has_no_per_client_quantity(tmp_path) -> None:
+    cfg = tiny(*PROTECTED_RUNS["central-plain-transport"])
     run_experiment(cfg, tmp_path, progress=False)
     check_run_folder(tmp_path, INPROCESS_ROUND_KEYS, "inprocess")
     privacy = json.loads((tmp_path / "privacy.json").read_text())
@@ -340,7 +354,7 @@ def test_private_inprocess_run_folder_has_no_per_client_quantity(tmp_path) -> No
 
 
 def test_label_histograms_are_an_opt_in_of_their_own() -> None:
-    cfg = tiny(*PRIVATE_RUNS["central-plain-transport"], "diagnostics.leak_label_histograms=true")
+    cfg = tiny(*PROTECTED_RUNS["central-plain-transport"], "diagnostics.leak_label_histograms=true")
     assert opt_in_leaks(cfg) == ["diagnostics.leak_label_histograms"]
     disclosure = Disclosure.of(cfg)
     assert disclosure.label_histograms and not disclosure.per_client_metrics
@@ -348,6 +362,10 @@ def test_label_histograms_are_an_opt_in_of_their_own() -> None:
 
 
 @pytest.mark.parametrize("key", ["leak_per_client_metrics", "leak_label_histograms"])
-def test_opt_in_without_privacy_is_an_error(key) -> None:
-    with pytest.raises(ConfigError, match=f"diagnostics.{key}.*privacy.placement"):
+def test_opt_in_without_protection_is_an_error(key) -> None:
+    with pytest.raises(ConfigError, match=f"diagnostics.{key}.*secure_aggregation.enabled"):
         resolve_config(preset="smoke", overrides=[f"diagnostics.{key}=true"])
+    # any protection makes the key meaningful
+    resolve_config(
+        preset="smoke", overrides=[f"diagnostics.{key}=true", "secure_aggregation.enabled=true"]
+    )

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from securedream.aggregation import Aggregator
 from securedream.config import RunConfig, config_to_dict
-from securedream.diagnostics import Disclosure, add_to_privacy_report
+from securedream.diagnostics import Disclosure, add_to_privacy_report, opt_in_leaks
 from securedream.errors import RunFolderError
 from securedream.privacy.engine import PrivacyBudgetExhausted
 from securedream.rounds.baselines import fedavg_round, independent_round
@@ -47,7 +47,7 @@ def _progress(total: int, desc: str, enabled: bool, position: int = 0) -> tqdm:
 def evaluate(exp: Experiment) -> dict[str, Any]:
     """The harness's evaluation of every model it holds (the experimenter's, not the server's).
 
-    ``client_accuracy`` is per client and leaves the record in a private run
+    ``client_accuracy`` is per client and leaves the record in a secure or private run
     (:meth:`Disclosure.round_record`); the mean and spread across clients stay.
     """
     accuracies = [c.evaluate(exp.data.test_x, exp.data.test_y) for c in exp.clients]
@@ -103,11 +103,12 @@ def summarise(cfg: RunConfig, records: list[dict[str, Any]], seconds: float) -> 
         "rounds": len(records),
         "clients": cfg.clients.count,
         "models": cfg.client_models() if cfg.method == "codream" else None,
-        # None where the run has no such figure: a private Flower run's server never receives
-        # a client's accuracy; a private run records no per-client accuracy (see diagnostics)
+        # None where the run has no such figure: a secure or private Flower run's server never
+        # receives a client's accuracy, and no such run records a per-client one (diagnostics)
         "final_client_accuracy": final.get("client_accuracy"),
         "final_mean_accuracy": final.get("mean_accuracy"),
         "final_std_accuracy": final.get("std_accuracy"),
+        "opt_in_leaks": opt_in_leaks(cfg),  # plain per-client channels the user opened
         "bytes_up_per_client_round": statistics.fmean(per_round_up),
         "bytes_down_per_client_round": statistics.fmean(per_round_down),
         "bytes_per_client_round": statistics.fmean(per_round_up) + statistics.fmean(per_round_down),

@@ -115,9 +115,9 @@ def collaborative_dreaming(
 ) -> DreamingOutcome:
     """Optimise one dream batch for ``settings.steps`` aggregations; return the snapshots.
 
-    ``per_client_diagnostics`` False (a private run, see :mod:`securedream.diagnostics`): the loop
-    keeps nothing of a client's response but what goes into the aggregator, so no contribution
-    norms and no dream-loss terms.
+    With ``per_client_diagnostics`` False (a secure or private run, see
+    :mod:`securedream.diagnostics`) the loop keeps nothing of a client's response but what goes
+    into the aggregator: no contribution norms, no dream-loss terms.
     """
     dreams = initial.detach().clone()
     param = torch.nn.Parameter(dreams)

@@ -33,7 +33,7 @@ def save_accuracy_plot(records: Sequence[dict], path: Path, title: str) -> None:
     """Mean client accuracy per round with each client's curve faint behind it."""
     if not records:
         return
-    # a private run records no per-client accuracy, and its Flower server no accuracy at all
+    # a secure/private run records no per-client accuracy, its Flower server no accuracy at all
     if any("mean_accuracy" not in r for r in records):
         return
     rounds = [r["round"] + 1 for r in records]

@@ -562,7 +562,7 @@ class NodeRuntime:
         return m.content(reply)
 
     def _metrics(self, **values: float) -> dict[str, float]:
-        """Per-client diagnostics for a reply: none in a private run unless opted in."""
+        """Per-client diagnostics for a reply: none in a secure or private run unless opted in."""
         if not self.disclosure.per_client_metrics:
             return {}
         return {k: float(v) for k, v in values.items()}
@@ -718,7 +718,7 @@ class NodeRuntime:
     def evaluate(self, rd: RecordDict) -> RecordDict:
         """Accuracy on the public test split: sent only where per-client metrics are disclosed.
 
-        The accuracy is a function of this client's private model, so a private run keeps it on
+        The accuracy is a function of this client's private model, so a protecting run keeps it on
         the node (in the node's log) and replies with an empty acknowledgement.
         """
         data = self._data()

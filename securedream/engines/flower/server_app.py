@@ -289,7 +289,7 @@ class FlowerCoDream:
         )
         if not replies:
             raise FlowerRunError(f"round {round_index}: no client answered the evaluation")
-        if self.disclosure.per_client_metrics:  # a private run's clients keep their accuracy
+        if self.disclosure.per_client_metrics:  # a secure/private run's clients keep it
             accuracies = self._per_client(replies, "accuracy")
             answered = [a for a in accuracies if a is not None]
             if not answered:

@@ -301,7 +301,7 @@ class DreamCohort:
         """Fill the client's loss terms (the server loop averages them); collect its norm.
 
         Terms and norms come only from clients whose config discloses per-client metrics
-        (:class:`securedream.diagnostics.Disclosure`); a private run's replies carry neither.
+        (:class:`securedream.diagnostics.Disclosure`): a secure or private run's replies have none.
         """
         if "norm" in m.config_of(reply):
             norms.append(float(m.config_of(reply)["norm"]))
