@@ -123,7 +123,6 @@ PROTECTED_RUNS = {
         "clients.count=4",
         'clients.models=["cnn-bn"]',
         "secure_aggregation.threshold=2",
-        "privacy.min_survivors=2",
         'secure_aggregation.dropouts=["1:masked_input:1","3:unmask:2:0"]',
     ),
 }
