@@ -164,10 +164,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         else:
             summary = run_experiment(cfg, out, progress=not args.quiet)
     print(f"run folder: {out}")
+    accuracy = (
+        f"final mean client accuracy {summary['final_mean_accuracy']:.4f} "
+        f"± {summary['final_std_accuracy']:.4f} over {summary['clients']} model(s)"
+        if summary.get("final_mean_accuracy") is not None
+        else "client accuracies stay on the clients (secure/private run)"
+    )
     print(
-        f"{summary['method']}: final mean client accuracy {summary['final_mean_accuracy']:.4f} "
-        f"± {summary['final_std_accuracy']:.4f} over {len(summary['final_client_accuracy'])} "
-        "model(s); "
+        f"{summary['method']}: {accuracy}; "
         f"{summary['bytes_per_client_round'] / 1e6:.2f} MB per client per round; "
         f"{summary['timing']['seconds']:.1f} s"
     )

@@ -156,6 +156,28 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class DiagnosticsConfig:
+    """Per-client diagnostics that a protecting run withholds unless the user opts in by name.
+
+    With secure aggregation, client-level DP or sample-level DP on, a client sends the server only
+    the protected sums and the protocol's own messages (see securedream.diagnostics). Each key here
+    re-enables one plain channel: not masked, not noised, not counted in ε, and listed under
+    ``opt_in_leaks`` in summary.json and privacy.json.
+    """
+
+    leak_per_client_metrics: bool = _spec(
+        False,
+        help="secure/private runs: each client's train/distill loss, test accuracy, raw "
+        "contribution norms and dream-loss terms reach the server in the clear, outside ε",
+    )
+    leak_label_histograms: bool = _spec(
+        False,
+        help="secure/private runs: each client's exact label histogram and sample count reach the "
+        "server in the clear (splits.json), outside ε",
+    )
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     dream_grid: bool = _spec(True, help="write a PNG grid of dreams each round")
     grid_images: int = _spec(64, low=1, high=1024)
@@ -178,6 +200,7 @@ class RunConfig:
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def client_models(self) -> list[str]:
@@ -194,6 +217,7 @@ SECTIONS: dict[str, type] = {
     "baselines": BaselinesConfig,
     "secure_aggregation": SecureAggregationConfig,
     "privacy": PrivacyConfig,
+    "diagnostics": DiagnosticsConfig,
     "output": OutputConfig,
 }
 
@@ -296,6 +320,20 @@ def _validate_cross_fields(cfg: RunConfig) -> None:
         )
     if cfg.data.dataset in ("mnist", "fashionmnist", "cifar10", "svhn") and not cfg.data.root:
         raise ConfigError("data.root", f"is required for dataset {cfg.data.dataset!r}")
+    _validate_diagnostics(cfg)
+
+
+def _validate_diagnostics(cfg: RunConfig) -> None:
+    """An opt-in leak means something only in a run that protects clients (else all is sent)."""
+    if cfg.secure_aggregation.enabled or cfg.privacy.placement != "off" or cfg.privacy.sample_level:
+        return
+    for f in fields(DiagnosticsConfig):
+        if getattr(cfg.diagnostics, f.name):
+            raise ConfigError(
+                f"diagnostics.{f.name}",
+                "only applies when secure_aggregation.enabled, privacy.placement or "
+                "privacy.sample_level is on; without them every per-client diagnostic is sent",
+            )
 
 
 def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:

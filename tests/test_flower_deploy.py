@@ -52,6 +52,7 @@ def test_superlink_and_three_supernodes_survive_a_killed_node(tmp_path) -> None:
             "data.samples_per_client=80",
             "distill.epochs=1",
             "secure_aggregation.enabled=true",
+            "diagnostics.leak_per_client_metrics=true",  # the checks below read client_accuracy
             "secure_aggregation.threshold=2",
             "clients.count=3",
             'clients.models=["cnn-bn"]',

@@ -38,6 +38,7 @@ COMPARED = (
     "dream_label_histogram",
     "contribution_norms",
     "aggregations",
+    "survivors",
 )
 
 
@@ -56,6 +57,8 @@ def test_simulation_equals_in_process_with_secure_aggregation(tmp_path, ray_tmp)
         overrides=[
             *TINY,
             "secure_aggregation.enabled=true",
+            # compare every per-client metric (a secure run withholds them by default)
+            "diagnostics.leak_per_client_metrics=true",
             "clients.count=3",
             'clients.models=["cnn-bn", "cnn-bn-wide", "cnn-gn"]',
         ],

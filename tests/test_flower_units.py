@@ -43,6 +43,9 @@ TINY = [
 ]
 
 _RUN_IDS = itertools.count(1000)
+# secure and private runs withhold per-client metrics (tests/test_side_channels.py); the parity
+# and dropout tests below read them, so their secure runs opt in
+METRICS = "diagnostics.leak_per_client_metrics=true"
 
 
 def tiny(*extra: str):
@@ -135,6 +138,7 @@ def _same_run(a_dir, b_dir) -> None:
             "dream_confidence",
             "dream_label_histogram",
             "contribution_norms",
+            "survivors",
         ):
             assert ra.get(key) == rb.get(key), key
 
@@ -239,16 +243,26 @@ def test_protocol_client_survives_save_and_restore_after_every_message() -> None
     "extra",
     [
         (),
-        ("secure_aggregation.enabled=true", "clients.count=3", 'clients.models=["cnn-bn"]'),
         (
             "secure_aggregation.enabled=true",
+            METRICS,
+            "clients.count=3",
+            'clients.models=["cnn-bn"]',
+        ),
+        (
+            "secure_aggregation.enabled=true",
+            METRICS,
             "clients.count=4",
             'clients.models=["cnn-bn"]',
             "secure_aggregation.threshold=2",
             'secure_aggregation.dropouts=["1:masked_input:1","2:advertise:0:1","3:unmask:2:0"]',
             "dreams.snapshots=2",
         ),
-        ('privacy.placement="central"', "privacy.noise_multiplier=0.5"),
+        (
+            'privacy.placement="central"',
+            "privacy.noise_multiplier=0.5",
+            METRICS,
+        ),
     ],
     ids=["plain", "secure", "secure-planned-dropouts", "central-dp"],
 )
@@ -265,7 +279,9 @@ def test_loopback_run_equals_in_process(tmp_path, monkeypatch, extra) -> None:
 def test_nodes_rebuilt_from_context_state_every_message(tmp_path, monkeypatch) -> None:
     """What the deployment runtime does (a fresh process per message) gives the same run."""
     monkeypatch.setenv(clientside.NO_CACHE_ENV, "1")
-    cfg = tiny("secure_aggregation.enabled=true", "clients.count=3", 'clients.models=["cnn-bn"]')
+    cfg = tiny(
+        "secure_aggregation.enabled=true", METRICS, "clients.count=3", 'clients.models=["cnn-bn"]'
+    )
     run_experiment(cfg, tmp_path / "inprocess", progress=False)
     summary, _ = run_loopback(cfg, tmp_path / "flower")
     _same_run(tmp_path / "inprocess", tmp_path / "flower")
@@ -289,6 +305,7 @@ def test_bytes_are_counted_from_message_payloads(tmp_path) -> None:
 def test_client_dying_mid_round_is_a_dropout(tmp_path, answers) -> None:
     cfg = tiny(
         "secure_aggregation.enabled=true",
+        METRICS,
         "clients.count=3",
         'clients.models=["cnn-bn"]',
         "secure_aggregation.threshold=2",
@@ -310,6 +327,7 @@ def test_client_dying_mid_round_is_a_dropout(tmp_path, answers) -> None:
 def test_client_restarted_between_rounds_rejoins(tmp_path) -> None:
     cfg = tiny(
         "secure_aggregation.enabled=true",
+        METRICS,
         "clients.count=3",
         'clients.models=["cnn-bn"]',
         "secure_aggregation.threshold=2",

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from securedream.aggregation import Aggregator
 from securedream.config import RunConfig, config_to_dict
+from securedream.diagnostics import Disclosure, add_to_privacy_report, opt_in_leaks
 from securedream.errors import RunFolderError
 from securedream.privacy.engine import PrivacyBudgetExhausted
 from securedream.rounds.baselines import fedavg_round, independent_round
@@ -44,6 +45,11 @@ def _progress(total: int, desc: str, enabled: bool, position: int = 0) -> tqdm:
 
 
 def evaluate(exp: Experiment) -> dict[str, Any]:
+    """The harness's evaluation of every model it holds (the experimenter's, not the server's).
+
+    ``client_accuracy`` is per client and leaves the record in a secure or private run
+    (:meth:`Disclosure.round_record`); the mean and spread across clients stay.
+    """
     accuracies = [c.evaluate(exp.data.test_x, exp.data.test_y) for c in exp.clients]
     result: dict[str, Any] = {
         "client_accuracy": accuracies,
@@ -81,7 +87,7 @@ def run_one_round(
     report["bytes_by_channel"] = comm["by_channel"]
     report["round"] = round_index
     report["method"] = method
-    return report
+    return Disclosure.of(exp.cfg).round_record(report)
 
 
 def summarise(cfg: RunConfig, records: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
@@ -97,9 +103,12 @@ def summarise(cfg: RunConfig, records: list[dict[str, Any]], seconds: float) -> 
         "rounds": len(records),
         "clients": cfg.clients.count,
         "models": cfg.client_models() if cfg.method == "codream" else None,
-        "final_client_accuracy": final["client_accuracy"],
-        "final_mean_accuracy": final["mean_accuracy"],
-        "final_std_accuracy": final["std_accuracy"],
+        # None where the run has no such figure: a secure or private Flower run's server never
+        # receives a client's accuracy, and no such run records a per-client one (diagnostics)
+        "final_client_accuracy": final.get("client_accuracy"),
+        "final_mean_accuracy": final.get("mean_accuracy"),
+        "final_std_accuracy": final.get("std_accuracy"),
+        "opt_in_leaks": opt_in_leaks(cfg),  # plain per-client channels the user opened
         "bytes_up_per_client_round": statistics.fmean(per_round_up),
         "bytes_down_per_client_round": statistics.fmean(per_round_down),
         "bytes_per_client_round": statistics.fmean(per_round_up) + statistics.fmean(per_round_down),
@@ -128,6 +137,7 @@ def _write_privacy(folder: RunFolder, exp: Experiment) -> dict[str, Any]:
     sample_level = exp.sample_level_report()
     if sample_level is not None:
         report["sample_level"] = sample_level
+    add_to_privacy_report(report, exp.cfg, "inprocess")
     folder.write_json("privacy.json", report)
     (folder.path / "privacy.md").write_text(report_markdown(report), encoding="utf-8")
     summary = {
@@ -177,10 +187,12 @@ def run_experiment(
         folder.create(cfg)
         folder.write_json(
             "splits.json",
-            {
-                "label_histograms": [s.label_histogram for s in exp.shards],
-                "sizes": [len(s.indices) for s in exp.shards],
-            },
+            Disclosure.of(cfg).splits(
+                {
+                    "label_histograms": [s.label_histogram for s in exp.shards],
+                    "sizes": [len(s.indices) for s in exp.shards],
+                }
+            ),
         )
 
     started = time.perf_counter()

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from securedream.diagnostics import Disclosure
 from securedream.rounds.experiment import Experiment
 from securedream.rounds.server import collaborative_dreaming
 from securedream.seeding import torch_generator
@@ -29,6 +30,7 @@ def codream_round(
     exp: Experiment, round_index: int, on_dream_step: Callable[[int], None] | None = None
 ) -> dict[str, Any]:
     cfg = exp.cfg
+    disclosure = Disclosure.of(cfg)
     seconds: dict[str, float] = {}
     report: dict[str, Any] = {}
 
@@ -55,6 +57,7 @@ def codream_round(
             if (exp.student is not None and settings.adaptive_weight > 0)
             else None,
             on_step=on_dream_step,
+            per_client_diagnostics=disclosure.per_client_metrics,
         )
     finally:
         exp.aggregator.end_round()
@@ -62,13 +65,15 @@ def codream_round(
     exp.buffer.extend(outcome.snapshots)
     exp.last_dreams = outcome.snapshots[-1][0]
     soft = outcome.snapshots[-1][1]
-    report["dream_terms"] = outcome.final_terms
-    report["contribution_norms"] = outcome.contribution_norms
+    if disclosure.per_client_metrics:  # else the loop did not collect them
+        report["dream_terms"] = outcome.final_terms
+        report["contribution_norms"] = outcome.contribution_norms
     report["dream_label_histogram"] = torch.bincount(
         soft.argmax(dim=1).cpu(), minlength=exp.data.num_classes
     ).tolist()
     report["dream_confidence"] = float(torch.softmax(soft, dim=1).max(dim=1).values.mean())
     report["aggregations"] = outcome.aggregations + len(outcome.snapshots)
+    report["survivors"] = outcome.survivors
 
     start = time.perf_counter()
     if (round_index + 1) % cfg.distill.every == 0:

@@ -53,8 +53,11 @@ class DreamingOutcome:
     final_terms: dict[str, float] = field(default_factory=dict)
     aggregations: int = 0
     # mean L2 norm of one client's contribution per channel: what privacy.clip_* should be near
+    # (collected only when the run discloses per-client diagnostics)
     contribution_norms: dict[str, float] = field(default_factory=dict)
     norm_counts: dict[str, int] = field(default_factory=dict)
+    # clients whose contribution is in each sum, one entry per aggregation in the order run
+    survivors: list[int] = field(default_factory=list)
 
 
 def snapshot_steps(steps: int, snapshots: int) -> set[int]:
@@ -108,8 +111,14 @@ def collaborative_dreaming(
     ledger: CommLedger,
     student: torch.nn.Module | None = None,
     on_step: Callable[[int], None] | None = None,
+    per_client_diagnostics: bool = True,
 ) -> DreamingOutcome:
-    """Optimise one dream batch for ``settings.steps`` aggregations; return the snapshots."""
+    """Optimise one dream batch for ``settings.steps`` aggregations; return the snapshots.
+
+    With ``per_client_diagnostics`` False (a secure or private run, see
+    :mod:`securedream.diagnostics`) the loop keeps nothing of a client's response but what goes
+    into the aggregator: no contribution norms, no dream-loss terms.
+    """
     dreams = initial.detach().clone()
     param = torch.nn.Parameter(dreams)
     optimizer = torch.optim.Adam([param], lr=settings.lr)
@@ -131,10 +140,13 @@ def collaborative_dreaming(
                     current, settings.weights, settings.local_steps, settings.local_lr
                 )
             responses[client.client_id] = value.to(current.device)
-            terms.append(client_terms)
-        _track_norms(outcome, channel.value, responses.values())
+            if per_client_diagnostics:
+                terms.append(client_terms)
+        if per_client_diagnostics:
+            _track_norms(outcome, channel.value, responses.values())
         result = aggregator.aggregate(responses, channel=channel, step=step)
         outcome.aggregations += 1
+        outcome.survivors.append(len(result.contributors))
         ledger.sent(result.bytes_up, channel.value)
         ledger.received_each(result.bytes_down, channel.value)
         mean = result.total.to(current.device) / public_count
@@ -157,7 +169,14 @@ def collaborative_dreaming(
         if step in take_snapshot:
             outcome.snapshots.append(
                 _soft_labels(
-                    param.detach(), clients, aggregator, step, public_count, ledger, outcome
+                    param.detach(),
+                    clients,
+                    aggregator,
+                    step,
+                    public_count,
+                    ledger,
+                    outcome,
+                    per_client_diagnostics,
                 )
             )
         if on_step is not None:
@@ -173,13 +192,16 @@ def _soft_labels(
     public_count: int,
     ledger: CommLedger,
     outcome: DreamingOutcome,
+    per_client_diagnostics: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean client logits on the dreams, obtained only as an aggregate."""
     active = _active(clients, aggregator)
     ledger.received([c.client_id for c in active], tensor_bytes(dreams), "dreams")
     logits = {c.client_id: c.dream_logits(dreams).to(dreams.device) for c in active}
-    _track_norms(outcome, Channel.LOGITS.value, logits.values())
+    if per_client_diagnostics:
+        _track_norms(outcome, Channel.LOGITS.value, logits.values())
     result = aggregator.aggregate(logits, channel=Channel.LOGITS, step=step)
+    outcome.survivors.append(len(result.contributors))
     ledger.sent(result.bytes_up, Channel.LOGITS.value)
     ledger.received_each(result.bytes_down, Channel.LOGITS.value)
     soft = result.total.to(dreams.device) / public_count

@@ -33,8 +33,14 @@ def save_accuracy_plot(records: Sequence[dict], path: Path, title: str) -> None:
     """Mean client accuracy per round with each client's curve faint behind it."""
     if not records:
         return
+    # a secure/private run records no per-client accuracy, its Flower server no accuracy at all
+    if any("mean_accuracy" not in r for r in records):
+        return
     rounds = [r["round"] + 1 for r in records]
-    per_client = list(zip(*[r["client_accuracy"] for r in records], strict=True))
+    with_clients = all("client_accuracy" in r for r in records)
+    per_client = (
+        list(zip(*[r["client_accuracy"] for r in records], strict=True)) if with_clients else []
+    )
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for i, curve in enumerate(per_client):
         ax.plot(rounds, curve, alpha=0.35, linewidth=1, label=f"client {i}" if i < 8 else None)

@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -45,6 +46,7 @@ from securedream.aggregation.factory import build_aggregation
 from securedream.aggregation.secure import SecureAggregator
 from securedream.config import RunConfig, config_from_dict
 from securedream.data import DatasetBundle, load_dataset, split_clients
+from securedream.diagnostics import Disclosure
 from securedream.engines.flower import messages as m
 from securedream.engines.flower.secagg_state import dump_client, load_client
 from securedream.errors import ConfigError, SecureDreamError
@@ -54,6 +56,8 @@ from securedream.privacy.clipping import clip_l2
 from securedream.privacy.noise import NoiseSource
 from securedream.rounds.client import CoDreamClient, DistillSettings, LocalTrainingConfig
 from securedream.seeding import derive_seed, torch_generator
+
+log = logging.getLogger("securedream.flower.client")
 
 # ----------------------------------------------------------------------------------------------
 # Config text <-> RunConfig (both sides load the same resolved TOML)
@@ -284,6 +288,8 @@ class NodeRuntime:
             raise ConfigError("method", "the flower engine runs method = codream only")
         if "partition-id" not in node_config:
             raise ConfigError("node-config", "partition-id is required (which client this is)")
+        # what this node sends beyond the protocol: decided by *its* config, not by the server
+        self.disclosure = Disclosure.of(cfg)
         self.k = int(node_config["partition-id"])
         if not 0 <= self.k < cfg.clients.count:
             raise ConfigError(
@@ -537,23 +543,29 @@ class NodeRuntime:
                 f"node for partition {self.k} runs config {mine}, the server runs {expected}",
             )
         meta = self.meta
-        labels = self.trainer.train_y
-        histogram = torch.bincount(labels, minlength=meta["num_classes"]).tolist()
-        return m.content(
-            {
-                "partition": self.k,
-                "model": self.model_name,
-                "config": mine,
-                "samples": self.trainer.num_samples,
-                "histogram": [int(v) for v in histogram],
-                "channels": meta["channels"],
-                "image_size": meta["image_size"],
-                "num_classes": meta["num_classes"],
-                "mean": [float(v) for v in meta["mean"]],
-                "std": [float(v) for v in meta["std"]],
-                "buffer": ",".join(self.buffer_ids),
-            }
-        )
+        reply: dict[str, Any] = {
+            "partition": self.k,
+            "model": self.model_name,
+            "config": mine,
+            "channels": meta["channels"],
+            "image_size": meta["image_size"],
+            "num_classes": meta["num_classes"],
+            "mean": [float(v) for v in meta["mean"]],
+            "std": [float(v) for v in meta["std"]],
+            "buffer": ",".join(self.buffer_ids),
+        }
+        if self.disclosure.label_histograms:
+            labels = self.trainer.train_y
+            histogram = torch.bincount(labels, minlength=meta["num_classes"]).tolist()
+            reply["samples"] = self.trainer.num_samples
+            reply["histogram"] = [int(v) for v in histogram]
+        return m.content(reply)
+
+    def _metrics(self, **values: float) -> dict[str, float]:
+        """Per-client diagnostics for a reply: none in a secure or private run unless opted in."""
+        if not self.disclosure.per_client_metrics:
+            return {}
+        return {k: float(v) for k, v in values.items()}
 
     def train(self, rd: RecordDict) -> RecordDict:
         cfg = m.config_of(rd)
@@ -562,7 +574,7 @@ class NodeRuntime:
             epochs, torch_generator(self.cfg.seed, "train", self.k, round_index)
         )
         self.dirty.add("model")
-        return m.content({"loss": float(loss)})
+        return m.content(self._metrics(loss=loss))
 
     def _deliver_protocol(self, incoming: list[bytes]) -> list[bytes]:
         """Feed server protocol messages to this node's protocols.Client; returns its replies."""
@@ -604,15 +616,16 @@ class NodeRuntime:
         else:
             raise SecureDreamError(f"unknown dream request kind {kind!r}")
         value = value.detach().cpu()
-        reply = {"norm": float(torch.linalg.vector_norm(value))}
+        reply: dict[str, Any] = self._metrics(norm=float(torch.linalg.vector_norm(value)))
+        sent_terms = terms if self.disclosure.per_client_metrics else None
         if not secure:
-            return m.content(reply, tensors={"value": value}, terms=terms)
+            return m.content(reply, tensors={"value": value}, terms=sent_terms)
         in_session = self.secagg is not None and self.secagg_round == int(cfg["round"])
         if aborted or bool(cfg.get("withhold", False)) or not in_session:
             reply["withheld"] = True
-            return m.content(reply, terms=terms)
+            return m.content(reply, terms=sent_terms)
         masked = self._mask(value, channel_of(kind), int(cfg["round"]), int(cfg["counter"]))
-        return m.content(reply, proto=masked, proto_key="out", terms=terms)
+        return m.content(reply, proto=masked, proto_key="out", terms=sent_terms)
 
     def _mask(
         self, value: torch.Tensor, channel: Channel, round_index: int, counter: int
@@ -700,12 +713,19 @@ class NodeRuntime:
                 torch_generator(self.cfg.seed, "distill", self.k, round_index),
             )
             self.dirty.add("model")
-        return m.content({"loss": float(loss), "buffer": ",".join(self.buffer_ids)})
+        return m.content({**self._metrics(loss=loss), "buffer": ",".join(self.buffer_ids)})
 
     def evaluate(self, rd: RecordDict) -> RecordDict:
+        """Accuracy on the public test split: sent only where per-client metrics are disclosed.
+
+        The accuracy is a function of this client's private model, so a protecting run keeps it on
+        the node (in the node's log) and replies with an empty acknowledgement.
+        """
         data = self._data()
         accuracy = self.trainer.evaluate(data.test_x, data.test_y)
-        return m.content({"accuracy": float(accuracy)})
+        round_index = int(m.config_of(rd).get("round", -1))
+        log.info("client %d, round %d: test accuracy %.4f", self.k, round_index, accuracy)
+        return m.content(self._metrics(accuracy=accuracy))
 
 
 def _device(name: str) -> torch.device:

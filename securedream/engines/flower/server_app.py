@@ -37,6 +37,7 @@ from securedream.aggregation.factory import build_aggregation
 from securedream.aggregation.secure import SecureAggregator
 from securedream.comm import CommLedger
 from securedream.config import RunConfig, config_to_dict
+from securedream.diagnostics import Disclosure, add_to_privacy_report
 from securedream.engines.flower import messages as m
 from securedream.engines.flower.clientside import config_digest, load_node_data, parse_config
 from securedream.engines.flower.transport import (
@@ -104,6 +105,7 @@ class FlowerCoDream:
     ) -> None:
         check_supported(cfg)
         self.cfg = cfg
+        self.disclosure = Disclosure.of(cfg)  # the clients' configs are this one (digest checked)
         self.options = options
         self.digest = config_digest(config_text)
         self.device = resolve_device(cfg.device)
@@ -190,7 +192,7 @@ class FlowerCoDream:
     # --- one round ----------------------------------------------------------------------------
     def _per_client(self, replies: dict[int, Any], key: str) -> list[float | None]:
         return [
-            float(replies[k]["cfg"][key]) if k in replies else None
+            float(replies[k]["cfg"][key]) if k in replies and key in replies[k]["cfg"] else None
             for k in range(self.cfg.clients.count)
         ]
 
@@ -212,7 +214,8 @@ class FlowerCoDream:
         replies = link.exchange(
             {k: (m.TRAIN, train) for k in link.present()}, down="control", up="control"
         )
-        report["train_loss"] = self._per_client(replies, "loss")
+        if self.disclosure.per_client_metrics:
+            report["train_loss"] = self._per_client(replies, "loss")
         seconds["local_training"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -240,6 +243,7 @@ class FlowerCoDream:
                 if (self.student is not None and settings.adaptive_weight > 0)
                 else None,
                 on_step=on_step,
+                per_client_diagnostics=self.disclosure.per_client_metrics,
             )
         finally:
             self.aggregator.end_round()
@@ -250,26 +254,28 @@ class FlowerCoDream:
             self.buffer.append((i, dreams, soft))
         self.last_dreams = outcome.snapshots[-1][0]
         soft = outcome.snapshots[-1][1]
-        report["dream_terms"] = outcome.final_terms
-        report["contribution_norms"] = dict(self.cohort.contribution_norms)
+        if self.disclosure.per_client_metrics:
+            report["dream_terms"] = outcome.final_terms
+            report["contribution_norms"] = dict(self.cohort.contribution_norms)
         report["dream_label_histogram"] = torch.bincount(
             soft.argmax(dim=1).cpu(), minlength=self.num_classes
         ).tolist()
         report["dream_confidence"] = float(torch.softmax(soft, dim=1).max(dim=1).values.mean())
         report["aggregations"] = outcome.aggregations + len(outcome.snapshots)
+        report["survivors"] = outcome.survivors
 
         start = time.perf_counter()
         due = (round_index + 1) % cfg.distill.every == 0
         replies = self._acquire(round_index, due)
-        if due:
+        if due and self.disclosure.per_client_metrics:
             report["distill_loss"] = self._per_client(replies, "loss")
-            if self.student is not None:
-                self.student.distill(
-                    [(x, s) for _, x, s in self.buffer],
-                    self.distill_settings(),
-                    torch_generator(cfg.seed, "distill", "server", round_index),
-                    with_local_data=False,
-                )
+        if due and self.student is not None:
+            self.student.distill(
+                [(x, s) for _, x, s in self.buffer],
+                self.distill_settings(),
+                torch_generator(cfg.seed, "distill", "server", round_index),
+                with_local_data=False,
+            )
         seconds["distillation"] = time.perf_counter() - start
         report["stage_seconds"] = seconds
         seconds.update(nested_stage_seconds(self.aggregator, nested_before))
@@ -281,13 +287,16 @@ class FlowerCoDream:
         replies = link.exchange(
             {k: (m.EVALUATE, evaluate) for k in link.present()}, down="control", up="control"
         )
-        accuracies = self._per_client(replies, "accuracy")
-        answered = [a for a in accuracies if a is not None]
-        if not answered:
-            raise FlowerRunError(f"round {round_index}: no client reported its accuracy")
-        report["client_accuracy"] = accuracies
-        report["mean_accuracy"] = statistics.fmean(answered)
-        report["std_accuracy"] = statistics.pstdev(answered) if len(answered) > 1 else 0.0
+        if not replies:
+            raise FlowerRunError(f"round {round_index}: no client answered the evaluation")
+        if self.disclosure.per_client_metrics:  # a secure/private run's clients keep it
+            accuracies = self._per_client(replies, "accuracy")
+            answered = [a for a in accuracies if a is not None]
+            if not answered:
+                raise FlowerRunError(f"round {round_index}: no client reported its accuracy")
+            report["client_accuracy"] = accuracies
+            report["mean_accuracy"] = statistics.fmean(answered)
+            report["std_accuracy"] = statistics.pstdev(answered) if len(answered) > 1 else 0.0
         if self.student is not None:
             report["server_accuracy"] = self.student.evaluate(*self._test_split())
         seconds["evaluation"] = time.perf_counter() - start
@@ -304,7 +313,7 @@ class FlowerCoDream:
             "messages": link.stats.messages - messages_before,
         }
         self.last_failed = sorted(link.failed)
-        return report
+        return self.disclosure.round_record(report)
 
     def _acquire(self, round_index: int, distill: bool) -> dict[int, Any]:
         """Send each client the buffer entries it lacks; it distils when ``distill``."""
@@ -336,19 +345,21 @@ class FlowerCoDream:
         }
 
     def splits(self) -> dict[str, Any]:
+        """What the clients said at HELLO about their data: histograms only where disclosed."""
         info = self.link.info
         k_range = range(self.cfg.clients.count)
-        return {
-            "label_histograms": [list(info[k]["histogram"]) for k in k_range],
-            "sizes": [int(info[k]["samples"]) for k in k_range],
-            "models": [str(info[k]["model"]) for k in k_range],
-        }
+        splits: dict[str, Any] = {"models": [str(info[k]["model"]) for k in k_range]}
+        if self.disclosure.label_histograms:
+            splits["label_histograms"] = [list(info[k]["histogram"]) for k in k_range]
+            splits["sizes"] = [int(info[k]["samples"]) for k in k_range]
+        return splits
 
 
 def _write_privacy(folder: RunFolder, privacy: Any) -> dict[str, Any]:
     from securedream.privacy.report import report_markdown
 
     report = privacy.report()
+    add_to_privacy_report(report, privacy.cfg, "flower")
     folder.write_json("privacy.json", report)
     (folder.path / "privacy.md").write_text(report_markdown(report), encoding="utf-8")
     return {
@@ -435,7 +446,8 @@ def run_codream(
                     "privacy": run.privacy.state_dict() if run.privacy is not None else None,
                 },
             )
-        rounds_bar.set_postfix(acc=f"{report['mean_accuracy']:.3f}")
+        if "mean_accuracy" in report:
+            rounds_bar.set_postfix(acc=f"{report['mean_accuracy']:.3f}")
         rounds_bar.update(1)
     rounds_bar.close()
 

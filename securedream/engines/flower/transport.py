@@ -290,8 +290,21 @@ class DreamCohort:
     def snapshot_id(self, step: int) -> str:
         return f"r{self.round_index}s{step}"
 
-    def record(self, req: PendingRequest, client: int, reply: RecordDict, channel: Channel) -> None:
-        """Fill the client's loss terms (the server loop averages them) and track norms."""
+    def record(
+        self,
+        req: PendingRequest,
+        client: int,
+        reply: RecordDict,
+        channel: Channel,
+        norms: list[float],
+    ) -> None:
+        """Fill the client's loss terms (the server loop averages them); collect its norm.
+
+        Terms and norms come only from clients whose config discloses per-client metrics
+        (:class:`securedream.diagnostics.Disclosure`): a secure or private run's replies have none.
+        """
+        if "norm" in m.config_of(reply):
+            norms.append(float(m.config_of(reply)["norm"]))
         if "terms" in reply and client in req.terms:
             req.terms[client].update({k: float(v) for k, v in reply["terms"].items()})  # type: ignore[arg-type]
         if req.kind == m.LOGITS:
@@ -389,8 +402,7 @@ class FlowerPlainAggregator(Aggregator):
             if tuple(value.shape) != tuple(shape) or not torch.isfinite(value).all():
                 self.link.fail(k, f"bad {channel.value} contribution of shape {tuple(value.shape)}")
                 continue
-            self.cohort.record(req, k, replies[k], channel)
-            norms.append(float(replies[k]["cfg"]["norm"]))
+            self.cohort.record(req, k, replies[k], channel, norms)
             values[k] = clip_l2(value, self.clip(channel)) if self.clip is not None else value
         self.cohort.track_norms(channel, norms)
         self.cohort.complete_terms(req)
@@ -531,8 +543,7 @@ class FlowerSecureAggregator(SecureAggregator):
         start = time.perf_counter()
         norms = []
         for k in sorted(replies):
-            self.cohort.record(req, k, replies[k], channel)
-            norms.append(float(replies[k]["cfg"]["norm"]))
+            self.cohort.record(req, k, replies[k], channel, norms)
         self.cohort.track_norms(channel, norms)
         self.cohort.complete_terms(req)
         self._receive_all({k: r for k, r in replies.items() if drops.get(k) != "masked_input"})
