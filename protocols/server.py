@@ -324,13 +324,17 @@ class Server:
             raise LocalProtocolError(f"cannot {event.value} in state {self._state.value}")
         return target
 
-    def _fail(self, message: str) -> TooFewSurvivors:
-        """Abort the session: every live client gets an Abort message."""
+    def _abort_notifications(self, message: str) -> dict[int, bytes]:
+        """Enter ``aborted``; every live client gets an Abort message."""
         live = (set(self._participants) | set(self._advertised)) - set(self._out)
         abort = wire.encode(Abort(self.session, self._step, message[:1000]))
         self._state = State.ABORTED
         self._acc = None
-        return TooFewSurvivors(message, {u: abort for u in sorted(live)})
+        return {u: abort for u in sorted(live)}
+
+    def _fail(self, message: str) -> TooFewSurvivors:
+        """Abort the session because too few clients remain."""
+        return TooFewSurvivors(message, self._abort_notifications(message))
 
     def _drop(self, clients: set[int] | frozenset[int], stage: str) -> None:
         for u in clients:
@@ -512,10 +516,11 @@ class Server:
             raw = shamir.reconstruct(key_shares[v], t)
             sk = keys.x25519_from_private(raw)
             if keys.public_bytes(sk) != self._mask_pks[v]:
-                raise InvalidShare(
+                message = (
                     f"step {step}: reconstructed mask key of client {v} does not match its public "
-                    "key (a holder sent a bad share)"
+                    "key (a holder sent a bad share); aggregation aborted"
                 )
+                raise InvalidShare(message, self._abort_notifications(message))
             mask_sks[v] = sk
         for v, seed in seeds.items():
             expand_into(acc, keys.self_mask_key(seed, self.session, step, v, dim, bits), -1, chunk)

@@ -9,6 +9,10 @@ import numpy as np
 
 from protocols import Client, SecAggConfig, Server, keys
 
+#: Rates for tests of protocol *mechanics* at arbitrary thresholds: no colluders assumed and no
+#: dropouts planned, so validation refuses only what is unsafe even then (active mode: 2t <= k + 1).
+MECHANICS = {"corruption_rate": 0.0, "dropout_rate": 0.0}
+
 
 def freeze(value: Any) -> Any:
     """Deep, comparable snapshot of an object graph (for 'state unchanged' assertions)."""
