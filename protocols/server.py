@@ -12,7 +12,6 @@ subtracts their streams, and returns the sum over the survivors.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -105,7 +104,7 @@ class Server:
         self.session = session_id
         self._mode = Mode.ACTIVE if config.active else Mode.SEMI_HONEST
         self._verify_keys = dict(verify_keys or {})
-        self._graph_seed = graph_seed if graph_seed is not None else os.urandom(32)
+        self._graph_seed = graph_seed if graph_seed is not None else keys.random_bytes(32)
         self._limits = wire.WireLimits.for_config(config.num_clients, config.max_dim, config.bits)
         self._state = State.COLLECT_KEYS
         self._step = 0
