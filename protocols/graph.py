@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
+
 from protocols.errors import ConfigError
 from protocols.keys import SESSION_ID_BYTES, Purpose, derive_key
 from protocols.prg import random_below
@@ -124,10 +126,9 @@ def _log_factorials(n: int) -> tuple[float, ...]:
     return tuple(math.lgamma(i + 1) for i in range(n + 1))
 
 
-def _log_comb(n: int, k: int) -> float:
-    if k < 0 or k > n:
-        return -math.inf
-    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+@lru_cache(maxsize=8)
+def _log_factorial_array(n: int) -> np.ndarray:
+    return np.array(_log_factorials(n), dtype=np.float64)
 
 
 def hypergeom_pmf(population: int, marked: int, draws: int) -> list[float]:
@@ -220,6 +221,42 @@ def min_default_threshold(n: int) -> int:
     return 2 if n >= 3 else 1
 
 
+class _Hypergeom:
+    """Upper tails P[X >= s] of one hypergeometric law.
+
+    The log-terms on the support are evaluated with numpy in the same operation order as
+    :func:`hypergeom_pmf` (so the same float64 values), exponentiated with ``math.exp``, and a tail
+    is ``math.fsum`` of the terms x >= s: bit for bit ``_upper_tail(hypergeom_pmf(...), s)``, since
+    terms outside the support are exactly 0 and do not change an exact sum.
+    """
+
+    def __init__(self, population: int, marked: int, draws: int) -> None:
+        self.draws = draws
+        self.lo = max(0, draws - (population - marked))
+        hi = min(draws, marked)
+        lf = _log_factorial_array(population)
+        rest = population - marked
+        x = np.arange(self.lo, hi + 1)
+        denom = lf[population] - lf[draws] - lf[population - draws]
+        lp = (lf[marked] - lf[x] - lf[marked - x]) + (
+            lf[rest] - lf[draws - x] - lf[rest - draws + x]
+        )
+        lp = lp - denom
+        self.terms = [math.exp(v) if v > -745 else 0.0 for v in lp.tolist()]
+        self.tails: dict[int, float] = {}
+
+    def tail(self, start: int) -> float:
+        if start <= 0:
+            return 1.0
+        if start > self.draws:
+            return 0.0
+        value = self.tails.get(start)
+        if value is None:
+            value = math.fsum(self.terms[max(start - self.lo, 0) :])
+            self.tails[start] = value
+        return value
+
+
 class _Evaluator:
     """Failure bounds for one (n, k, counts); tails are computed lazily and memoised."""
 
@@ -227,27 +264,21 @@ class _Evaluator:
         self.n, self.k, self.active = n, degree, active
         self.dropped, self.corrupted = dropped, corrupted
         self.complete = degree >= n - 1
-        self._drop_pmf: list[float] | None = None
-        self._corrupt_pmf: list[float] | None = None
-        self._drop_tail: dict[int, float] = {}
-        self._corrupt_tail: dict[int, float] = {}
+        self._drop: _Hypergeom | None = None
+        self._corrupt: _Hypergeom | None = None
         self.disconnect = (
             0.0 if self.complete else ring_disconnection_bound(n, dropped + corrupted, degree)
         )
 
     def drop_tail(self, start: int) -> float:
-        if start not in self._drop_tail:
-            if self._drop_pmf is None:
-                self._drop_pmf = hypergeom_pmf(self.n - 1, self.dropped, self.k)
-            self._drop_tail[start] = _upper_tail(self._drop_pmf, start)
-        return self._drop_tail[start]
+        if self._drop is None:
+            self._drop = _Hypergeom(self.n - 1, self.dropped, self.k)
+        return self._drop.tail(start)
 
     def corrupt_tail(self, start: int) -> float:
-        if start not in self._corrupt_tail:
-            if self._corrupt_pmf is None:
-                self._corrupt_pmf = hypergeom_pmf(self.n - 1, self.corrupted, self.k)
-            self._corrupt_tail[start] = _upper_tail(self._corrupt_pmf, start)
-        return self._corrupt_tail[start]
+        if self._corrupt is None:
+            self._corrupt = _Hypergeom(self.n - 1, self.corrupted, self.k)
+        return self._corrupt.tail(start)
 
     def security(self, t: int) -> float:
         """Bound on P[security fails]; never increases with t."""
@@ -406,9 +437,10 @@ def secagg_plus_parameters(
         if lo is None:
             continue
         lo = max(lo, floor_t)
-        hi = evaluate.correct_to(cor_target)
-        if hi is None or hi < lo:
+        if evaluate.correctness(lo) > cor_target:  # monotone: no t >= lo is correct either
             continue
+        hi = evaluate.correct_to(cor_target)
+        assert hi is not None and hi >= lo
         t = min(max((k + 1) // 2 + 1, lo), hi)
         sec, cor = evaluate(t)
         kind = COMPLETE if k >= n - 1 else HARARY
