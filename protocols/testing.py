@@ -99,14 +99,16 @@ def configs(
     bits: Sequence[int] = (32, 64),
     boundary: bool = False,
     dim: int | None = None,
+    corruption_rates: Sequence[float] = (0.0, 0.1, 0.2),
+    dropout_rates: Sequence[float] = (0.0, 0.1, 0.3),
 ) -> SecAggConfig:
     """Valid configurations. ``boundary=True`` puts the threshold at an edge of the accepted
     region (the smallest accepted t, or k + 1) and favours degree n - 1 and tiny cohorts."""
     n = draw(st.integers(min_clients, max_clients))
     graph = draw(st.sampled_from(list(graphs)))
     mode = draw(st.sampled_from(list(modes)))
-    gamma = draw(st.sampled_from([0.0, 0.1, 0.2]))
-    delta = draw(st.sampled_from([0.0, 0.1, 0.3]))
+    gamma = draw(st.sampled_from(list(corruption_rates)))
+    delta = draw(st.sampled_from(list(dropout_rates)))
     degree = None
     if graph == "harary" and draw(st.booleans()):
         options = [d for d in range(2, n) if d % 2 == 0 or d == n - 1]
@@ -669,6 +671,17 @@ def _expected_abort_complete(
     return False
 
 
+@dataclass
+class ConformanceReport:
+    """What :func:`check_transport` exercised (to assert that a run covered the cases)."""
+
+    examples: int = 0
+    aggregations: int = 0
+    with_dropouts: int = 0
+    aborts: int = 0
+    refused_messages: int = 0
+
+
 def check_transport(
     factory: TransportFactory,
     *,
@@ -678,7 +691,7 @@ def check_transport(
     max_examples: int = 15,
     mutations: int = 3,
     shrink: bool = True,
-) -> None:
+) -> ConformanceReport:
     """Run the conformance properties against transports built by ``factory(config)``.
 
     For each example (a configuration, a dropout schedule over ``steps`` aggregations, integer
@@ -698,6 +711,7 @@ def check_transport(
     expected, e.g. when testing a test).
     """
     strategy = configs_strategy if configs_strategy is not None else configs(dim=dim)
+    report = ConformanceReport()
 
     @settings(
         max_examples=max_examples,
@@ -712,6 +726,7 @@ def check_transport(
         schedule = data.draw(dropout_schedules(config, steps), label="schedule")
         rng = random.Random(seed)
         transport = factory(config)
+        report.examples += 1
         probe: ServerProbe | None = None
         out: set[int] = set()
         n, t = config.num_clients, config.t
@@ -734,11 +749,14 @@ def check_transport(
                         raise AssertionError(f"untyped error {type(exc).__name__}: {exc}") from exc
                     dropped_any = any(schedule[j] for j in range(step + 1))
                     assert dropped_any, f"aborted without any dropout: {err}"
+                    report.aborts += 1
                     if config.k >= n - 1:
                         assert _expected_abort_complete(n, t, config.active, schedule, step), (
                             f"complete graph aborted with enough clients left: {err}"
                         )
                     return
+                report.aggregations += 1
+                report.with_dropouts += bool(drop)
                 stays = {"consistency", "unmask"}
                 expected = {
                     u for u in range(n) if u not in out and (u not in drop or drop[u] in stays)
@@ -752,9 +770,12 @@ def check_transport(
                 if probe is not None:
                     probe.check_no_double_secret(t)
         finally:
+            if probe is not None:
+                report.refused_messages += probe.rejected
             transport.close()
 
     run()
+    return report
 
 
 def _first_aggregate(
@@ -777,6 +798,7 @@ def _first_aggregate(
 __all__ = [
     "AttackOutcome",
     "Behaviour",
+    "ConformanceReport",
     "DoubleReveal",
     "Equivocation",
     "InProcessTransport",

@@ -23,7 +23,9 @@ from protocols.testing import (
 
 
 def test_in_process_transport_conforms() -> None:
-    check_transport(InProcessTransport, max_examples=12, steps=3)
+    report = check_transport(InProcessTransport, max_examples=12, steps=3)
+    assert report.examples >= 12 and report.aggregations > 0 and report.with_dropouts > 0
+    assert report.refused_messages > 0
 
 
 def test_in_process_transport_conforms_at_the_boundary_of_the_safe_region() -> None:
