@@ -54,9 +54,14 @@ class SecAggConfig:
     * ``num_clients`` n in [2, 2^20]: clients in the session.
     * ``graph``: ``"complete"`` (Bonawitz et al.) or ``"harary"`` (SecAgg+).
     * ``degree`` k: even, in [2, n-1] (Harary only); ``None`` derives it from the rates.
-    * ``threshold`` t in [1, k+1]: shares needed to reconstruct; ``None`` derives it.
+    * ``threshold`` t in [1, k+1]: shares needed to reconstruct; ``None`` derives it. Explicit
+      values outside the safe region are refused (docs/protocol.md section 7.1): in active mode
+      the security bound must meet 2^-security_bits (complete graph: 2t > n + c), in semi-honest
+      mode it must not be vacuous (complete graph: t > c), with c = ceil(gamma n) colluders.
     * ``dropout_rate`` delta and ``corruption_rate`` gamma in [0, 1), delta + gamma < 1: the
-      fraction of clients expected to drop, resp. to collude with the server; used to derive (k, t).
+      fraction of clients expected to drop, resp. to collude with the server (rounded up to whole
+      clients); used to derive (k, t) and to check explicit ones. ``corruption_rate=0`` is the
+      explicit opt-in for "no client colludes".
     * ``security_bits`` sigma in [8, 128] and ``correctness_bits`` eta in [1, 128]: failure targets
       2^-sigma and 2^-eta of the derived (k, t).
     * ``mode``: ``"semi-honest"`` (default) or ``"active"`` (signed keys + consistency check).
