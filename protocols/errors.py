@@ -103,6 +103,11 @@ class TooFewSurvivors(ProtocolError):
         self.notifications: dict[int, bytes] = dict(notifications or {})
 
 
+class InvalidState(LocalProtocolError):
+    """Saved client state (``Client.from_bytes``) does not decode, is malformed, or was saved
+    under another configuration."""
+
+
 class ClientDropped(LocalProtocolError):
     """The client was declared dropped (or aborted) and stays out for the rest of the session."""
 
@@ -115,6 +120,7 @@ __all__ = [
     "EncodingError",
     "InconsistentMessage",
     "InvalidShare",
+    "InvalidState",
     "LocalProtocolError",
     "MalformedMessage",
     "OversizeMessage",
