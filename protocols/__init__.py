@@ -7,7 +7,10 @@ Depends on numpy and cryptography only (no torch, no I/O). Main entry points:
 * :class:`InProcessSession` -- a multi-aggregation session the engine drives step by step;
 * :func:`simulate` -- one call: inputs + dropout schedule -> decoded sum and bytes;
 * :class:`Client`, :class:`Server` -- the sans-IO state machines for other transports;
-* :mod:`protocols.encoding` -- float <-> Z_{2^b} encoding with its error bound.
+* :mod:`protocols.encoding` -- float <-> Z_{2^b} encoding with its error bound;
+* :mod:`protocols.testing` -- property-testing kit and transport conformance harness (imports
+  hypothesis; not imported here);
+* :mod:`protocols.vectors` -- the interoperability test vectors (``python -m protocols.vectors``).
 """
 
 from protocols.client import Client
@@ -27,6 +30,7 @@ from protocols.errors import (
     EncodingError,
     InconsistentMessage,
     InvalidShare,
+    InvalidState,
     LocalProtocolError,
     MalformedMessage,
     OversizeMessage,
@@ -59,6 +63,7 @@ __all__ = [
     "InProcessSession",
     "InconsistentMessage",
     "InvalidShare",
+    "InvalidState",
     "LocalProtocolError",
     "MalformedMessage",
     "OversizeMessage",

@@ -168,6 +168,23 @@ class Client:
         """(step, owner) -> kind of share this client revealed (audit trail)."""
         return dict(self._revealed)
 
+    # ------------------------------------------------------------------ persistence
+
+    def to_bytes(self) -> bytes:
+        """Everything this client holds (secrets included: store it like a private key), as
+        versioned canonical bytes (:mod:`protocols.client_state`); both modes."""
+        from protocols.client_state import encode_client
+
+        return encode_client(self)
+
+    @classmethod
+    def from_bytes(cls, config: SecAggConfig, data: bytes) -> Client:
+        """Rebuild a client saved with :meth:`to_bytes` under the same ``config``; anything else
+        raises :class:`protocols.InvalidState` (never unpickles, never evaluates)."""
+        from protocols.client_state import decode_client
+
+        return decode_client(config, data)
+
     # ------------------------------------------------------------------ transitions
 
     def _target(self, event: MessageType | Local) -> State | None:

@@ -29,6 +29,9 @@ from protocols.prg import random_uint32
 SUPPORTED_BITS = (32, 64)
 #: Largest c * W * s accepted (float64 headroom for exact rounding).
 MAX_SCALED_MAGNITUDE = float(1 << 40)
+#: Accepted range of clip * max_weight: keeps the scale (and Delta = 1/scale) a normal float.
+MIN_RANGE = 2.0**-64
+MAX_RANGE = 2.0**64
 
 
 def uint_dtype(bits: int) -> np.dtype:
@@ -62,10 +65,12 @@ class EncodingParams:
         if not isinstance(self.num_clients, int) or self.num_clients < 1:
             raise ConfigError(f"num_clients must be an integer >= 1, got {self.num_clients!r}")
         uint_dtype(self.bits)
-        for name in ("clip", "scale", "max_weight"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise ConfigError(f"{name} must be a finite number > 0, got {v!r}")
+        _check_range(self.clip, self.max_weight)
+        v = self.scale
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(f"scale must be a finite number > 0, got {v!r}")
+        if not 2.0**-1000 <= v <= 2.0**1000:
+            raise ConfigError(f"scale must be in [2^-1000, 2^1000], got {v!r}")
         magnitude = self.clip * self.max_weight * self.scale
         if magnitude > MAX_SCALED_MAGNITUDE:
             raise ConfigError(
@@ -104,14 +109,45 @@ class EncodingParams:
         return n * self.delta
 
 
+def _check_range(clip: float, max_weight: float) -> float:
+    """clip * max_weight as a normal, finite float, or a ConfigError naming both fields."""
+    for name, v in (("clip", clip), ("max_weight", max_weight)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ConfigError(f"{name} must be a finite number > 0, got {v!r}")
+    product = float(clip) * float(max_weight)
+    if not MIN_RANGE <= product <= MAX_RANGE:
+        raise ConfigError(
+            f"clip * max_weight = {clip!r} * {max_weight!r} = {product:.6g} must be in "
+            f"[2^-64, 2^64] (the encoding scales it into integers); rescale the inputs"
+        )
+    return product
+
+
 def max_safe_scale(num_clients: int, bits: int, clip: float, max_weight: float = 1.0) -> float:
-    """Largest power-of-two scale for which the overflow rule holds."""
+    """Largest power-of-two scale for which the overflow rule holds.
+
+    Computed in the log domain so that no intermediate overflows or underflows; extreme
+    ``clip``/``max_weight`` give a :class:`ConfigError`, never an arithmetic exception.
+    """
+    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
+        raise ConfigError(f"num_clients must be an integer >= 1, got {num_clients!r}")
+    uint_dtype(bits)
+    product = _check_range(clip, max_weight)
     limit = (1 << (bits - 1)) - 1
     per = limit // num_clients  # need ceil(c W s) <= per
     if per < 1:
         raise ConfigError(f"num_clients={num_clients} is too large for bits={bits}")
-    s = min(per / (clip * max_weight), MAX_SCALED_MAGNITUDE / (clip * max_weight))
-    exp = math.floor(math.log2(s))
+    log_s = min(math.log2(per), math.log2(MAX_SCALED_MAGNITUDE)) - math.log2(product)
+
+    def fits(e: int) -> bool:
+        scaled = product * math.ldexp(1.0, e)
+        return scaled <= MAX_SCALED_MAGNITUDE and math.ceil(scaled) <= per
+
+    exp = math.floor(log_s)  # then correct the last step of log2 rounding either way
+    while fits(exp + 1):
+        exp += 1
+    while not fits(exp):
+        exp -= 1
     return math.ldexp(1.0, exp)
 
 

@@ -74,7 +74,17 @@ class AuthenticationError(RemoteProtocolError):
 
 class InvalidShare(InconsistentMessage):
     """A Shamir share is malformed (index 0, duplicate, out of range, not a field element) or the
-    shares of a secret are inconsistent."""
+    shares of a secret are inconsistent.
+
+    Raised by :meth:`protocols.Server.close_stage` when a reconstructed mask key does not match its
+    public key: then the aggregation is over -- the server is ``aborted`` and ``notifications``
+    maps client ids to the wire-encoded ``Abort`` messages the transport should deliver (the only
+    case where a remote fault changes the receiving machine).
+    """
+
+    def __init__(self, message: str, notifications: dict[int, bytes] | None = None) -> None:
+        super().__init__(message)
+        self.notifications: dict[int, bytes] = dict(notifications or {})
 
 
 class DoubleRevealRefused(RemoteProtocolError):
@@ -93,6 +103,11 @@ class TooFewSurvivors(ProtocolError):
         self.notifications: dict[int, bytes] = dict(notifications or {})
 
 
+class InvalidState(LocalProtocolError):
+    """Saved client state (``Client.from_bytes``) does not decode, is malformed, or was saved
+    under another configuration."""
+
+
 class ClientDropped(LocalProtocolError):
     """The client was declared dropped (or aborted) and stays out for the rest of the session."""
 
@@ -105,6 +120,7 @@ __all__ = [
     "EncodingError",
     "InconsistentMessage",
     "InvalidShare",
+    "InvalidState",
     "LocalProtocolError",
     "MalformedMessage",
     "OversizeMessage",

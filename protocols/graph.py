@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
+
 from protocols.errors import ConfigError
 from protocols.keys import SESSION_ID_BYTES, Purpose, derive_key
 from protocols.prg import random_below
@@ -74,14 +76,17 @@ def harary_graph(members: Iterable[int], degree: int, seed: bytes, session: byte
     """k-regular Harary graph (k even) on the members, relabelled with the CSPRNG seed.
 
     If ``degree >= len(members) - 1`` the complete graph is returned (it is the Harary graph
-    with maximal connectivity).
+    with maximal connectivity), whatever the parity of ``degree``: the validated configuration
+    allows k = n - 1 for even n, and the roster may be smaller than n.
     """
     ms = tuple(sorted(set(members)))
     m = len(ms)
-    if degree < 2 or degree % 2:
-        raise ConfigError(f"Harary degree must be an even integer >= 2, got {degree}")
-    if degree >= m - 1:
+    if not isinstance(degree, int) or degree < 2:
+        raise ConfigError(f"Harary degree must be an integer >= 2, got {degree!r}")
+    if degree >= m - 1:  # checked first: an odd k = n - 1 (even n) is the complete graph
         return complete_graph(ms)
+    if degree % 2:
+        raise ConfigError(f"Harary degree must be even when below members - 1, got {degree}")
     ring = relabelling(ms, seed, session)
     half = degree // 2
     adjacency: dict[int, frozenset[int]] = {}
@@ -104,22 +109,49 @@ def build_graph(
 
 
 # --------------------------------------------------------------------------- parameters
+#
+# Why this is fast (n = 1000 in well under a second): the failure bounds are monotone in t
+# (security failure never increases with t, correctness failure never decreases), so the feasible
+# thresholds of a degree k form an interval [t_sec, t_cor] found by two binary searches instead of
+# evaluating every t; log-factorials are tabulated once per n; probability mass is computed only on
+# the support of the hypergeometric law; and the ring-disconnection products are prefix sums shared
+# by all degrees. Every tail is still ``math.fsum`` of the same float terms as a direct
+# evaluation, so the derived (k, t) and bounds equal those of scanning every (k, t) with
+# :func:`evaluate_parameters` (tests/protocols/test_graph_params.py checks this on a grid).
 
 
-def _log_comb(n: int, k: int) -> float:
-    if k < 0 or k > n:
-        return -math.inf
-    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+@lru_cache(maxsize=8)
+def _log_factorials(n: int) -> tuple[float, ...]:
+    """lgamma(i + 1) for i = 0..n: the same floats ``math.lgamma`` gives one by one."""
+    return tuple(math.lgamma(i + 1) for i in range(n + 1))
+
+
+@lru_cache(maxsize=8)
+def _log_factorial_array(n: int) -> np.ndarray:
+    return np.array(_log_factorials(n), dtype=np.float64)
 
 
 def hypergeom_pmf(population: int, marked: int, draws: int) -> list[float]:
     """P[X = x], x = 0..draws, for the number of marked items among ``draws`` drawn without
-    replacement from ``population`` containing ``marked`` marked items."""
-    denom = _log_comb(population, draws)
-    out = []
-    for x in range(draws + 1):
-        lp = _log_comb(marked, x) + _log_comb(population - marked, draws - x) - denom
-        out.append(math.exp(lp) if lp > -745 else 0.0)
+    replacement from ``population`` containing ``marked`` marked items.
+
+    Terms outside the support [max(0, draws - (population - marked)), min(draws, marked)] are
+    exactly 0; inside it each term is exp of a sum of tabulated log-factorials (0 below e^-745).
+    """
+    lf = _log_factorials(population)
+    out = [0.0] * (draws + 1)
+    if not 0 <= marked <= population or not 0 <= draws <= population:
+        return out
+    denom = lf[population] - lf[draws] - lf[population - draws]
+    rest = population - marked
+    for x in range(max(0, draws - rest), min(draws, marked) + 1):
+        lp = (
+            (lf[marked] - lf[x] - lf[marked - x])
+            + (lf[rest] - lf[draws - x] - lf[rest - draws + x])
+            - denom
+        )
+        if lp > -745:
+            out[x] = math.exp(lp)
     return out
 
 
@@ -130,9 +162,20 @@ def _upper_tail(pmf: list[float], start: int) -> float:
     return math.fsum(pmf[start:]) if start < len(pmf) else 0.0
 
 
+@lru_cache(maxsize=64)
+def _run_log_probabilities(n: int, removed: int) -> tuple[float, ...]:
+    """Prefix sums: entry r is log P[r given positions all removed], accumulated term by term."""
+    out = [0.0]
+    log_p = 0.0
+    for i in range(min(removed, n)):
+        log_p += math.log((removed - i) / (n - i))
+        out.append(log_p)
+    return tuple(out)
+
+
 def ring_disconnection_bound(n: int, removed: int, degree: int) -> float:
     """Union bound on the probability that removing ``removed`` uniformly random members from the
-    relabelled Harary ring H(k, n) disconnects the rest.
+    relabelling Harary ring H(k, n) disconnects the rest.
 
     Consecutive remaining members on the ring are adjacent unless at least k/2 members between them
     were removed; the ring falls apart only if that happens at two places, which needs two disjoint
@@ -141,9 +184,7 @@ def ring_disconnection_bound(n: int, removed: int, degree: int) -> float:
     run = 2 * (degree // 2)
     if removed < run:
         return 0.0
-    log_p = 0.0
-    for i in range(run):
-        log_p += math.log((removed - i) / (n - i))
+    log_p = _run_log_probabilities(n, removed)[run]
     return min(1.0, n * (n - 1) / 2 * math.exp(log_p))
 
 
@@ -162,39 +203,132 @@ def _log2(p: float) -> float:
     return math.log2(p) if p > 0 else -math.inf
 
 
+def corruption_count(n: int, corruption_rate: float) -> int:
+    """Colluding clients the bounds assume: ceil(gamma n), so any gamma > 0 means at least one
+    (a rate is an upper bound on the fraction; rounding it down would assume nobody colludes in
+    small cohorts)."""
+    return math.ceil(corruption_rate * n - 1e-12)
+
+
 def _counts(n: int, dropout_rate: float, corruption_rate: float) -> tuple[int, int]:
     dropped = math.ceil(dropout_rate * n - 1e-12)
-    corrupted = math.floor(corruption_rate * n + 1e-12)
-    return dropped, corrupted
+    return dropped, corruption_count(n, corruption_rate)
+
+
+def min_default_threshold(n: int) -> int:
+    """The least threshold a derived configuration may have: 2 from three clients on, so that no
+    single holder ever owns both secrets of a client."""
+    return 2 if n >= 3 else 1
+
+
+class _Hypergeom:
+    """Upper tails P[X >= s] of one hypergeometric law.
+
+    The log-terms on the support are evaluated with numpy in the same operation order as
+    :func:`hypergeom_pmf` (so the same float64 values), exponentiated with ``math.exp``, and a tail
+    is ``math.fsum`` of the terms x >= s: bit for bit ``_upper_tail(hypergeom_pmf(...), s)``, since
+    terms outside the support are exactly 0 and do not change an exact sum.
+    """
+
+    def __init__(self, population: int, marked: int, draws: int) -> None:
+        self.draws = draws
+        self.lo = max(0, draws - (population - marked))
+        hi = min(draws, marked)
+        lf = _log_factorial_array(population)
+        rest = population - marked
+        x = np.arange(self.lo, hi + 1)
+        denom = lf[population] - lf[draws] - lf[population - draws]
+        lp = (lf[marked] - lf[x] - lf[marked - x]) + (
+            lf[rest] - lf[draws - x] - lf[rest - draws + x]
+        )
+        lp = lp - denom
+        self.terms = [math.exp(v) if v > -745 else 0.0 for v in lp.tolist()]
+        self.tails: dict[int, float] = {}
+
+    def tail(self, start: int) -> float:
+        if start <= 0:
+            return 1.0
+        if start > self.draws:
+            return 0.0
+        value = self.tails.get(start)
+        if value is None:
+            value = math.fsum(self.terms[max(start - self.lo, 0) :])
+            self.tails[start] = value
+        return value
 
 
 class _Evaluator:
-    """Failure bounds for one (n, k, rates); the hypergeometric tables are computed once."""
+    """Failure bounds for one (n, k, counts); tails are computed lazily and memoised."""
 
     def __init__(self, n: int, degree: int, dropped: int, corrupted: int, active: bool) -> None:
         self.n, self.k, self.active = n, degree, active
         self.dropped, self.corrupted = dropped, corrupted
         self.complete = degree >= n - 1
-        if not self.complete:
-            drop_pmf = hypergeom_pmf(n - 1, dropped, degree)
-            corrupt_pmf = hypergeom_pmf(n - 1, corrupted, degree)
-            self.drop_tail = [_upper_tail(drop_pmf, x) for x in range(degree + 2)]
-            self.corrupt_tail = [_upper_tail(corrupt_pmf, x) for x in range(degree + 2)]
-            self.disconnect = ring_disconnection_bound(n, dropped + corrupted, degree)
+        self._drop: _Hypergeom | None = None
+        self._corrupt: _Hypergeom | None = None
+        self.disconnect = (
+            0.0 if self.complete else ring_disconnection_bound(n, dropped + corrupted, degree)
+        )
+
+    def drop_tail(self, start: int) -> float:
+        if self._drop is None:
+            self._drop = _Hypergeom(self.n - 1, self.dropped, self.k)
+        return self._drop.tail(start)
+
+    def corrupt_tail(self, start: int) -> float:
+        if self._corrupt is None:
+            self._corrupt = _Hypergeom(self.n - 1, self.corrupted, self.k)
+        return self._corrupt.tail(start)
+
+    def security(self, t: int) -> float:
+        """Bound on P[security fails]; never increases with t."""
+        k = self.k
+        limit = 2 * t - k - 1 if self.active else t
+        if self.complete:
+            if self.active:
+                limit = 2 * t - (self.n - 1) - 1
+            return 1.0 if self.corrupted >= limit else 0.0
+        tail = self.corrupt_tail(limit) if 0 <= limit <= k + 1 else (1.0 if limit < 0 else 0.0)
+        return min(1.0, self.n * tail + self.disconnect)
+
+    def correctness(self, t: int) -> float:
+        """Bound on P[some client has fewer than t live holders]; never decreases with t."""
+        if self.complete:
+            return 0.0 if self.n - self.dropped >= t else 1.0
+        start = self.k - t + 1
+        return min(1.0, self.n * (self.drop_tail(start) if start >= 0 else 1.0))
 
     def __call__(self, t: int) -> tuple[float, float]:
-        n, k = self.n, self.k
-        if self.complete:
-            k = n - 1
-            correct_fail = 0.0 if n - self.dropped >= t else 1.0
-            limit = 2 * t - k - 1 if self.active else t
-            return (1.0 if self.corrupted >= limit else 0.0), correct_fail
-        start = k - t + 1
-        correct_fail = min(1.0, n * (self.drop_tail[start] if start >= 0 else 1.0))
-        limit = 2 * t - k - 1 if self.active else t
-        tail = self.corrupt_tail[limit] if 0 <= limit <= k + 1 else (1.0 if limit < 0 else 0.0)
-        sec_fail = min(1.0, n * tail + self.disconnect)
-        return sec_fail, correct_fail
+        return self.security(t), self.correctness(t)
+
+    def top(self) -> int:
+        return (self.n - 1 if self.complete else self.k) + 1
+
+    def secure_from(self, target: float) -> int | None:
+        """Smallest t in [1, k + 1] with security(t) <= target, or None."""
+        lo, hi = 1, self.top()
+        if self.security(hi) > target:
+            return None
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.security(mid) <= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def correct_to(self, target: float) -> int | None:
+        """Largest t in [1, k + 1] with correctness(t) <= target, or None."""
+        lo, hi = 1, self.top()
+        if self.correctness(lo) > target:
+            return None
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.correctness(mid) <= target:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
 
 def evaluate_parameters(
@@ -208,7 +342,8 @@ def evaluate_parameters(
     """Failure probability bounds (security, correctness) of a given (k, t).
 
     Conditions, after Bell et al. (CCS 2020), for dropouts D (|D| = ceil(delta n)) and corrupted
-    clients C (|C| = floor(gamma n)) chosen independently of the secret relabelling:
+    clients C (|C| = ceil(gamma n), see :func:`corruption_count`) chosen independently of the
+    secret relabelling:
 
     * correctness: every client keeps at least t live holders among its k + 1 (itself included);
       fails if more than k - t of its k neighbours dropped;
@@ -217,13 +352,49 @@ def evaluate_parameters(
       survivors stay connected, otherwise the server would learn partial sums.
 
     Per-client events are hypergeometric (neighbourhoods are uniform k-subsets); the bounds are
-    union bounds over the n clients.
+    union bounds over the n clients. For the complete graph both are exact (0 or 1).
     """
     dropped, corrupted = _counts(n, dropout_rate, corruption_rate)
     return _Evaluator(n, degree, dropped, corrupted, active)(threshold)
 
 
-@lru_cache(maxsize=64)
+def threshold_for_degree(
+    n: int,
+    degree: int,
+    dropout_rate: float,
+    corruption_rate: float,
+    *,
+    security_bits: int = 40,
+    correctness_bits: int = 30,
+    active: bool = False,
+) -> int | None:
+    """The threshold derived for a *given* degree, or None if no t meets the security target.
+
+    Same rule as :func:`secagg_plus_parameters` for one k: majority of the closed neighbourhood
+    clamped into the feasible interval; when correctness cannot be met as well, the smallest secure
+    t (security first: an aggregation that cannot reach t holders aborts, it never leaks). In
+    semi-honest mode a degree too small for 2^-security_bits still gets a threshold, at least the
+    majority and at least the smallest t whose bound is not vacuous (< 1), as an explicit threshold
+    would; active mode returns None.
+    """
+    dropped, corrupted = _counts(n, dropout_rate, corruption_rate)
+    ev = _Evaluator(n, degree, dropped, corrupted, active)
+    k = min(degree, n - 1)
+    majority = (k + 1) // 2 + 1
+    lo = ev.secure_from(2.0**-security_bits)
+    if lo is None and not active:  # semi-honest: the explicit degree is the user's opt-in
+        weak = ev.secure_from(math.nextafter(1.0, 0.0))
+        return None if weak is None else min(max(weak, majority, min_default_threshold(n)), k + 1)
+    if lo is None:
+        return None
+    lo = min(max(lo, min_default_threshold(n)), k + 1)
+    hi = ev.correct_to(2.0**-correctness_bits)
+    if hi is None or hi < lo:
+        return lo
+    return min(max(majority, lo), hi)
+
+
+@lru_cache(maxsize=256)
 def secagg_plus_parameters(
     n: int,
     dropout_rate: float,
@@ -239,7 +410,8 @@ def secagg_plus_parameters(
     Among the thresholds that satisfy security (failure <= 2^-security_bits) and correctness
     (failure <= 2^-correctness_bits), t is the majority of the closed neighbourhood
     floor((k+1)/2) + 1 clamped into that interval: majority when it is allowed, otherwise as close
-    to it as the bounds permit.
+    to it as the bounds permit. From n = 3 on, t >= 2 (:func:`min_default_threshold`). Small
+    cohorts, where no sparse degree meets the bounds, get the complete graph.
     """
     if n < 2:
         raise ConfigError(f"num_clients must be >= 2, got {n}")
@@ -258,19 +430,21 @@ def secagg_plus_parameters(
         candidates = list(range(2, n - 1, 2))
     candidates.append(n - 1)
     dropped, corrupted = _counts(n, dropout_rate, corruption_rate)
+    floor_t = min_default_threshold(n)
     for k in candidates:
         evaluate = _Evaluator(n, k, dropped, corrupted, active)
-        feasible = []
-        for t in range(1, k + 2):
-            sec, cor = evaluate(t)
-            if sec <= sec_target and cor <= cor_target:
-                feasible.append((t, sec, cor))
-        if feasible:
-            lo, hi = feasible[0][0], feasible[-1][0]
-            t = min(max((k + 1) // 2 + 1, lo), hi)
-            sec, cor = next((s, c) for tt, s, c in feasible if tt == t)
-            kind = COMPLETE if k >= n - 1 else HARARY
-            return GraphParameters(k, t, kind, _log2(sec), _log2(cor))
+        lo = evaluate.secure_from(sec_target)
+        if lo is None:
+            continue
+        lo = max(lo, floor_t)
+        if evaluate.correctness(lo) > cor_target:  # monotone: no t >= lo is correct either
+            continue
+        hi = evaluate.correct_to(cor_target)
+        assert hi is not None and hi >= lo
+        t = min(max((k + 1) // 2 + 1, lo), hi)
+        sec, cor = evaluate(t)
+        kind = COMPLETE if k >= n - 1 else HARARY
+        return GraphParameters(k, t, kind, _log2(sec), _log2(cor))
     raise ConfigError(
         f"no (degree, threshold) meets 2^-{security_bits} security and 2^-{correctness_bits} "
         f"correctness for num_clients={n}, dropout_rate={dropout_rate}, "

@@ -17,6 +17,8 @@ import enum
 import hmac
 import os
 import struct
+from collections.abc import Callable
+from contextvars import ContextVar
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -47,9 +49,23 @@ class Purpose(enum.IntEnum):
     SHARES = 5
 
 
+#: The deterministic-test seam. ``None`` (always, in production) means ``os.urandom``. Only
+#: :func:`protocols.vectors.insecure_deterministic_randomness` sets it, for the extent of a ``with``
+#: block in the current context (thread / task), to regenerate the published test vectors.
+_TEST_ENTROPY: ContextVar[Callable[[int], bytes] | None] = ContextVar(
+    "protocols_test_entropy", default=None
+)
+
+
+def deterministic_source() -> Callable[[int], bytes] | None:
+    """The deterministic source in force (test vectors only), or None: the OS CSPRNG."""
+    return _TEST_ENTROPY.get()
+
+
 def random_bytes(n: int) -> bytes:
     """Secret randomness: ``os.urandom`` (the OS CSPRNG), never a userspace generator."""
-    return os.urandom(n)
+    source = _TEST_ENTROPY.get()
+    return os.urandom(n) if source is None else source(n)
 
 
 def hkdf_sha256(ikm: bytes, *, salt: bytes | None, info: bytes, length: int) -> bytes:
@@ -127,7 +143,11 @@ def pair_mask_key(
 
 def generate_x25519() -> tuple[X25519PrivateKey, bytes]:
     """Fresh X25519 key pair (private key object, raw 32-byte public key)."""
-    sk = X25519PrivateKey.generate()
+    source = _TEST_ENTROPY.get()
+    if source is None:
+        sk = X25519PrivateKey.generate()
+    else:
+        sk = X25519PrivateKey.from_private_bytes(source(PRIVATE_KEY_BYTES))
     return sk, public_bytes(sk)
 
 
@@ -214,7 +234,11 @@ def open_shares(
 
 def generate_signing_key() -> tuple[Ed25519PrivateKey, bytes]:
     """Fresh Ed25519 signing key and its raw 32-byte verification key."""
-    sk = Ed25519PrivateKey.generate()
+    source = _TEST_ENTROPY.get()
+    if source is None:
+        sk = Ed25519PrivateKey.generate()
+    else:
+        sk = Ed25519PrivateKey.from_private_bytes(source(32))
     vk = sk.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return sk, vk
 

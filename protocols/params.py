@@ -18,8 +18,10 @@ from protocols.graph import (
     COMPLETE,
     GRAPH_KINDS,
     HARARY,
+    corruption_count,
     evaluate_parameters,
     secagg_plus_parameters,
+    threshold_for_degree,
 )
 from protocols.prg import DEFAULT_CHUNK_BYTES
 
@@ -52,9 +54,14 @@ class SecAggConfig:
     * ``num_clients`` n in [2, 2^20]: clients in the session.
     * ``graph``: ``"complete"`` (Bonawitz et al.) or ``"harary"`` (SecAgg+).
     * ``degree`` k: even, in [2, n-1] (Harary only); ``None`` derives it from the rates.
-    * ``threshold`` t in [1, k+1]: shares needed to reconstruct; ``None`` derives it.
+    * ``threshold`` t in [1, k+1]: shares needed to reconstruct; ``None`` derives it. Explicit
+      values outside the safe region are refused (docs/protocol.md section 7.1): in active mode
+      the security bound must meet 2^-security_bits (complete graph: 2t > n + c), in semi-honest
+      mode it must not be vacuous (complete graph: t > c), with c = ceil(gamma n) colluders.
     * ``dropout_rate`` delta and ``corruption_rate`` gamma in [0, 1), delta + gamma < 1: the
-      fraction of clients expected to drop, resp. to collude with the server; used to derive (k, t).
+      fraction of clients expected to drop, resp. to collude with the server (rounded up to whole
+      clients); used to derive (k, t) and to check explicit ones. ``corruption_rate=0`` is the
+      explicit opt-in for "no client colludes".
     * ``security_bits`` sigma in [8, 128] and ``correctness_bits`` eta in [1, 128]: failure targets
       2^-sigma and 2^-eta of the derived (k, t).
     * ``mode``: ``"semi-honest"`` (default) or ``"active"`` (signed keys + consistency check).
@@ -124,6 +131,11 @@ class SecAggConfig:
 
     def _derive(self, n: int) -> tuple[int, int]:
         active = self.mode == ACTIVE
+        targets = {
+            "security_bits": self.security_bits,
+            "correctness_bits": self.correctness_bits,
+            "active": active,
+        }
         if self.graph == COMPLETE:
             if self.degree is not None and self.degree != n - 1:
                 raise ConfigError(
@@ -133,13 +145,7 @@ class SecAggConfig:
             k = n - 1
         elif self.degree is None:
             k = secagg_plus_parameters(
-                n,
-                self.dropout_rate,
-                self.corruption_rate,
-                security_bits=self.security_bits,
-                correctness_bits=self.correctness_bits,
-                active=active,
-                graph=HARARY,
+                n, self.dropout_rate, self.corruption_rate, graph=HARARY, **targets
             ).degree
         else:
             k = _check_int("degree", self.degree, 2, n - 1)
@@ -149,19 +155,60 @@ class SecAggConfig:
                 )
         if self.threshold is not None:
             t = _check_int("threshold", self.threshold, 1, k + 1)
+            self._check_secure(n, k, t)
         elif self.graph == COMPLETE or self.degree is None:
             t = secagg_plus_parameters(
                 n,
                 self.dropout_rate,
                 self.corruption_rate,
-                security_bits=self.security_bits,
-                correctness_bits=self.correctness_bits,
-                active=active,
                 graph=self.graph if self.degree is None else COMPLETE,
+                **targets,
             ).threshold
-        else:  # explicit Harary degree, derived threshold: majority of the closed neighbourhood
-            t = (k + 1) // 2 + 1
+        else:  # explicit Harary degree, derived threshold
+            found = threshold_for_degree(n, k, self.dropout_rate, self.corruption_rate, **targets)
+            if found is None:
+                raise ConfigError(
+                    f"degree={k}: no threshold keeps the security bound below "
+                    f"{'2^-' + str(self.security_bits) if active else '1'} for "
+                    f"num_clients={n}, dropout_rate={self.dropout_rate}, corruption_rate="
+                    f"{self.corruption_rate} in {self.mode} mode; raise degree, leave it None, or "
+                    "lower corruption_rate / security_bits"
+                )
+            t = found
         return k, t
+
+    def _check_secure(self, n: int, k: int, t: int) -> None:
+        """Refuse an explicit threshold outside the safe region (docs/protocol.md, section 7.1).
+
+        Active mode: the security bound must meet 2^-security_bits. For the complete graph that is
+        exactly 2t > n + c with c = ceil(corruption_rate n): otherwise a server showing two groups
+        of honest clients different survivor sets, each backed by t signatures, collects both share
+        kinds of one client. Semi-honest mode: refused when the bound is vacuous (1.0): the
+        configured colluders can then certainly reach t shares (e.g. t <= c on the complete graph).
+        """
+        sec, _ = evaluate_parameters(
+            n, k, t, self.dropout_rate, self.corruption_rate, self.mode == ACTIVE
+        )
+        c = corruption_count(n, self.corruption_rate)
+        if self.mode == ACTIVE and sec > 2.0**-self.security_bits:
+            need = (
+                f"2 * threshold > num_clients + c = {n} + {c}, i.e. threshold >= {(n + c) // 2 + 1}"
+                if k >= n - 1
+                else f"a security failure bound <= 2^-{self.security_bits}"
+            )
+            raise ConfigError(
+                f"threshold={t} is unsafe in active mode for num_clients={n}, degree={k}, "
+                f"c={c} colluders (corruption_rate={self.corruption_rate}): bound on "
+                f"P[security fails] = {sec:.3g}; an equivocating server could recover an input. "
+                f"Needs {need}; leave threshold None to derive a safe one"
+            )
+        if sec >= 1.0:
+            raise ConfigError(
+                f"threshold={t} is unsafe for num_clients={n}, degree={k}: c={c} colluders "
+                f"(ceil(corruption_rate * n), corruption_rate={self.corruption_rate}) certainly "
+                f"reach {t} shares of some client; raise threshold above {min(c, k)}, leave it "
+                "None, or set corruption_rate=0 if no client can collude with the server"
+            )
 
     @property
     def k(self) -> int:
@@ -187,7 +234,11 @@ class SecAggConfig:
         return EncodingParams(self.num_clients, self.bits, self.clip, float(scale), self.max_weight)
 
     def failure_bounds(self) -> tuple[float, float]:
-        """(security, correctness) failure-probability bounds of (k, t) at the configured rates."""
+        """(security, correctness) failure-probability bounds of (k, t) at the configured rates.
+
+        Validation guarantees security < 1 (active mode: <= 2^-security_bits), so a configuration
+        whose security bound is vacuous never exists.
+        """
         return evaluate_parameters(
             self.num_clients, self.k, self.t, self.dropout_rate, self.corruption_rate, self.active
         )

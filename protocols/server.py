@@ -12,7 +12,6 @@ subtracts their streams, and returns the sum over the survivors.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -105,7 +104,7 @@ class Server:
         self.session = session_id
         self._mode = Mode.ACTIVE if config.active else Mode.SEMI_HONEST
         self._verify_keys = dict(verify_keys or {})
-        self._graph_seed = graph_seed if graph_seed is not None else os.urandom(32)
+        self._graph_seed = graph_seed if graph_seed is not None else keys.random_bytes(32)
         self._limits = wire.WireLimits.for_config(config.num_clients, config.max_dim, config.bits)
         self._state = State.COLLECT_KEYS
         self._step = 0
@@ -324,13 +323,17 @@ class Server:
             raise LocalProtocolError(f"cannot {event.value} in state {self._state.value}")
         return target
 
-    def _fail(self, message: str) -> TooFewSurvivors:
-        """Abort the session: every live client gets an Abort message."""
+    def _abort_notifications(self, message: str) -> dict[int, bytes]:
+        """Enter ``aborted``; every live client gets an Abort message."""
         live = (set(self._participants) | set(self._advertised)) - set(self._out)
         abort = wire.encode(Abort(self.session, self._step, message[:1000]))
         self._state = State.ABORTED
         self._acc = None
-        return TooFewSurvivors(message, {u: abort for u in sorted(live)})
+        return {u: abort for u in sorted(live)}
+
+    def _fail(self, message: str) -> TooFewSurvivors:
+        """Abort the session because too few clients remain."""
+        return TooFewSurvivors(message, self._abort_notifications(message))
 
     def _drop(self, clients: set[int] | frozenset[int], stage: str) -> None:
         for u in clients:
@@ -512,10 +515,11 @@ class Server:
             raw = shamir.reconstruct(key_shares[v], t)
             sk = keys.x25519_from_private(raw)
             if keys.public_bytes(sk) != self._mask_pks[v]:
-                raise InvalidShare(
+                message = (
                     f"step {step}: reconstructed mask key of client {v} does not match its public "
-                    "key (a holder sent a bad share)"
+                    "key (a holder sent a bad share); aggregation aborted"
                 )
+                raise InvalidShare(message, self._abort_notifications(message))
             mask_sks[v] = sk
         for v, seed in seeds.items():
             expand_into(acc, keys.self_mask_key(seed, self.session, step, v, dim, bits), -1, chunk)

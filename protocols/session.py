@@ -22,6 +22,7 @@ mean the same as ``masked_input``.
 from __future__ import annotations
 
 import enum
+import math
 import time
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,13 @@ import numpy as np
 from protocols import keys
 from protocols.client import Client
 from protocols.encoding import decode_integer_sum, decode_sum
-from protocols.errors import ConfigError, EncodingError, LocalProtocolError, TooFewSurvivors
+from protocols.errors import (
+    ConfigError,
+    EncodingError,
+    InvalidShare,
+    LocalProtocolError,
+    TooFewSurvivors,
+)
 from protocols.params import SecAggConfig
 from protocols.server import Server, ServerResult, StageOutput
 
@@ -221,6 +228,8 @@ class InProcessSession:
         if not kinds <= set("fiu") or ("f" in kinds and kinds & set("iu")):
             raise EncodingError(f"inputs must be all float or all integer vectors, got {kinds}")
         is_float = "f" in kinds
+        if not vectors:  # nobody contributes: the server will abort with TooFewSurvivors
+            is_float = weights is not None
         lengths = {v.shape for v in vectors.values()}
         if len(lengths) > 1 or any(len(s) != 1 for s in lengths):
             raise EncodingError(f"inputs must be 1-D vectors of one length, got shapes {lengths}")
@@ -236,9 +245,21 @@ class InProcessSession:
                         f"(2^{params.bits - 1} - 1) // num_clients"
                     )
         w: dict[int, float] = {}
+        if weights is not None and not isinstance(weights, Mapping):
+            raise ConfigError(
+                f"weights must be a mapping client id -> number, got {type(weights).__name__}"
+            )
         for cid, weight in (weights or {}).items():
             if cid not in self._index:
                 raise ConfigError(f"weights: unknown client id {cid!r}")
+            if (
+                isinstance(weight, bool)
+                or not isinstance(weight, (int, float, np.integer, np.floating))
+                or not math.isfinite(weight)
+            ):
+                raise EncodingError(
+                    f"weight of client {cid!r} must be a finite number, got {weight!r}"
+                )
             if not is_float and weight != 1:
                 raise EncodingError("weights apply to float inputs only")
             if not 0 <= weight <= params.max_weight:
@@ -286,7 +307,7 @@ class InProcessSession:
         t0 = time.process_time()
         try:
             out = self._server.close_stage()
-        except TooFewSurvivors as exc:
+        except (TooFewSurvivors, InvalidShare) as exc:
             counters["server"][0] += time.process_time() - t0
             self._aborted = str(exc)
             for u, data in exc.notifications.items():

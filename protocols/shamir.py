@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 
+from protocols import keys
 from protocols.errors import ConfigError, InvalidShare
 
 #: The field modulus: smallest prime above 2^256 (2^256 + 297).
@@ -57,7 +58,7 @@ def split(secret: bytes, threshold: int, indices: Sequence[int]) -> dict[int, in
             f"threshold must be in [1, {len(idx)}] (number of holders), got {threshold}"
         )
     coeffs = [int.from_bytes(secret, "big")]
-    coeffs.extend(secrets.randbelow(PRIME) for _ in range(threshold - 1))
+    coeffs.extend(_random_coefficient() for _ in range(threshold - 1))
     high_to_low = coeffs[::-1]
     shares: dict[int, int] = {}
     for x in idx:
@@ -66,6 +67,18 @@ def split(secret: bytes, threshold: int, indices: Sequence[int]) -> dict[int, in
             acc = (acc * x + c) % PRIME
         shares[x] = acc
     return shares
+
+
+def _random_coefficient() -> int:
+    """Uniform in [0, p): ``secrets.randbelow`` (OS CSPRNG); under the test-vector seam, rejection
+    sampling of 257-bit big-endian draws from that seam's source."""
+    source = keys.deterministic_source()
+    if source is None:
+        return secrets.randbelow(PRIME)
+    while True:
+        value = int.from_bytes(source(33), "big") & ((1 << 257) - 1)
+        if value < PRIME:
+            return value
 
 
 def _batch_inverse(values: list[int]) -> list[int]:

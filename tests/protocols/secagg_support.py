@@ -1,4 +1,4 @@
-"""Test helpers: a manual harness around Server and Client, and a deep state snapshot."""
+"""Test helpers: a manual harness around Server and Client (snapshots come from the kit)."""
 
 from __future__ import annotations
 
@@ -8,30 +8,11 @@ from typing import Any
 import numpy as np
 
 from protocols import Client, SecAggConfig, Server, keys
+from protocols.testing import freeze, snapshot  # noqa: F401 - re-exported for the tests
 
-
-def freeze(value: Any) -> Any:
-    """Deep, comparable snapshot of an object graph (for 'state unchanged' assertions)."""
-    if isinstance(value, dict):
-        return ("dict", tuple(sorted((repr(k), freeze(v)) for k, v in value.items())))
-    if isinstance(value, (set, frozenset)):
-        return ("set", tuple(sorted(repr(freeze(v)) for v in value)))
-    if isinstance(value, (list, tuple)):
-        return ("seq", tuple(freeze(v) for v in value))
-    if isinstance(value, np.ndarray):
-        return ("array", value.dtype.str, value.tobytes())
-    if isinstance(value, (int, float, str, bytes, type(None), bool)):
-        return value
-    if hasattr(value, "__dataclass_fields__"):
-        return ("dc", type(value).__name__, freeze(vars(value)))
-    if hasattr(value, "__dict__") and type(value).__module__.startswith("protocols"):
-        return ("obj", type(value).__name__, freeze(vars(value)))
-    return ("id", id(value))
-
-
-def snapshot(machine: Client | Server) -> Any:
-    """Everything a state machine holds, frozen."""
-    return freeze({k: v for k, v in vars(machine).items() if k != "config"})
+#: Rates for tests of protocol *mechanics* at arbitrary thresholds: no colluders assumed and no
+#: dropouts planned, so validation refuses only what is unsafe even then (active mode: 2t <= k + 1).
+MECHANICS = {"corruption_rate": 0.0, "dropout_rate": 0.0}
 
 
 class Harness:

@@ -39,3 +39,11 @@ def test_import_pulls_no_networking_or_threads() -> None:
         for banned in ("import socket", "import pickle", "import threading", "time.sleep", "open("):
             assert banned not in text, f"{path.name} uses {banned}"
     assert "socket" not in _run(code)
+
+
+def test_hypothesis_only_when_the_testing_kit_is_imported() -> None:
+    code = (
+        "import sys, protocols, protocols.vectors; a = 'hypothesis' in sys.modules; "
+        "import protocols.testing; print(a, 'hypothesis' in sys.modules)"
+    )
+    assert _run(code) == "False True"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from secagg_support import Harness, snapshot
+from secagg_support import MECHANICS, Harness, snapshot
 
 from protocols import (
     SecAggConfig,
@@ -68,11 +68,14 @@ def _norm(stage: str, active: bool) -> str:
 def test_complete_graph_exact_sum_for_any_dropout_schedule(
     n: int, data: st.DataObject, active: bool, bits: int
 ) -> None:
-    t = data.draw(st.integers(1, n), label="t")
+    # active mode refuses 2t <= n (an equivocating server could collect both share kinds)
+    t = data.draw(st.integers(n // 2 + 1 if active else 1, n), label="t")
     schedule = data.draw(
         st.dictionaries(st.integers(0, n - 1), st.sampled_from(STAGES), max_size=n), label="drops"
     )
-    cfg = SecAggConfig(n, threshold=t, mode="active" if active else "semi-honest", bits=bits)
+    cfg = SecAggConfig(
+        n, threshold=t, mode="active" if active else "semi-honest", bits=bits, **MECHANICS
+    )
     inputs = _int_inputs(n, 5, data.draw(st.integers(0, 2**32)))
     expected_ok = _complete_outcome_ok(n, t, schedule, active)
     try:
@@ -98,7 +101,7 @@ def test_harary_graph_sum_is_exact_or_aborts_cleanly(n: int, data: st.DataObject
     schedule = data.draw(
         st.dictionaries(st.integers(0, n - 1), st.sampled_from(STAGES), max_size=n // 2)
     )
-    cfg = SecAggConfig(n, graph="harary", degree=k, threshold=t)
+    cfg = SecAggConfig(n, graph="harary", degree=k, threshold=t, **MECHANICS)
     inputs = _int_inputs(n, 4, data.draw(st.integers(0, 2**32)))
     try:
         res = simulate(inputs, cfg, schedule)
@@ -331,7 +334,7 @@ def test_client_told_it_dropped_stays_out() -> None:
 
 
 def test_active_mode_rejects_bad_signatures() -> None:
-    h = Harness(SecAggConfig(5, threshold=3, mode="active"))
+    h = Harness(SecAggConfig(5, threshold=4, mode="active"))
     h.setup()
     h.inputs({i: np.arange(4) for i in range(5)})
     req = h.server.close_stage()
@@ -355,7 +358,7 @@ def test_active_mode_rejects_bad_signatures() -> None:
 
 
 def test_active_mode_rejects_unsigned_or_forged_keys() -> None:
-    cfg = SecAggConfig(4, threshold=2, mode="active")
+    cfg = SecAggConfig(4, threshold=3, mode="active", **MECHANICS)
     h = Harness(cfg)
     adv = wire.decode(h.clients[0].start(), h.server._limits)
     with pytest.raises(AuthenticationError, match="channel key of client 0"):
@@ -381,7 +384,9 @@ def test_mutated_messages_raise_only_protocol_errors_and_leave_state(
 ) -> None:
     """Tamper with genuine in-flight messages at every stage: each is accepted or raises a
     ProtocolError subclass, and a rejected one leaves the receiving state machine unchanged."""
-    h = Harness(SecAggConfig(4, threshold=2, mode="active" if active else "semi-honest"))
+    h = Harness(
+        SecAggConfig(4, threshold=3, mode="active" if active else "semi-honest", **MECHANICS)
+    )
     server, clients = h.server, h.clients
 
     def attack_server(frame: bytes, sender: int) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
-from secagg_support import Harness, snapshot
+from secagg_support import MECHANICS, Harness, snapshot
 
 from protocols import SecAggConfig, TooFewSurvivors, decode_integer_sum, wire
 from protocols.errors import MalformedMessage
@@ -42,12 +42,15 @@ class SecAggSession(RuleBasedStateMachine):
         degree = 2 if harary and n > 4 else None
         k = degree if degree else n - 1
         t = max(1, min(k + 1, round(t_frac * (k + 1))))
+        if active:  # below this an equivocating server could collect both kinds: refused
+            t = max(t, (k + 1) // 2 + 1)
         self.cfg = SecAggConfig(
             n,
             graph="harary" if degree else "complete",
             degree=degree,
             threshold=t,
             mode="active" if active else "semi-honest",
+            **MECHANICS,
         )
         # graph seed and session id fixed by the example: the graph decides the control flow
         self.h = Harness(
