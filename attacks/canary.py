@@ -124,7 +124,8 @@ def audit_config(cfg: RunConfig, seed: int) -> RunConfig:
             "secure_aggregation.dropout_rate=0.0",
             "secure_aggregation.dropouts=[]",
             "secure_aggregation.secure_rounding=false",
-            "privacy.secure_noise=false",
+            # a client-level DP key: only valid (and only meaningful) when DP is on
+            *(["privacy.reproducible_noise=true"] if cfg.privacy.placement != "off" else []),
         ],
     )
     return config_from_dict(raw)

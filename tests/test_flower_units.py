@@ -248,7 +248,11 @@ def test_protocol_client_survives_save_and_restore_after_every_message() -> None
             'secure_aggregation.dropouts=["1:masked_input:1","2:advertise:0:1","3:unmask:2:0"]',
             "dreams.snapshots=2",
         ),
-        ('privacy.placement="central"', "privacy.noise_multiplier=0.5"),
+        (
+            'privacy.placement="central"',
+            "privacy.noise_multiplier=0.5",
+            "privacy.reproducible_noise=true",  # the same noise in both engines
+        ),
     ],
     ids=["plain", "secure", "secure-planned-dropouts", "central-dp"],
 )

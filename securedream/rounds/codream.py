@@ -69,6 +69,7 @@ def codream_round(
     ).tolist()
     report["dream_confidence"] = float(torch.softmax(soft, dim=1).max(dim=1).values.mean())
     report["aggregations"] = outcome.aggregations + len(outcome.snapshots)
+    report["survivors"] = outcome.survivors
 
     start = time.perf_counter()
     if (round_index + 1) % cfg.distill.every == 0:

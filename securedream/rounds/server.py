@@ -55,6 +55,8 @@ class DreamingOutcome:
     # mean L2 norm of one client's contribution per channel: what privacy.clip_* should be near
     contribution_norms: dict[str, float] = field(default_factory=dict)
     norm_counts: dict[str, int] = field(default_factory=dict)
+    # clients in each released sum, in release order (dream steps and snapshots interleaved)
+    survivors: list[int] = field(default_factory=list)
 
 
 def snapshot_steps(steps: int, snapshots: int) -> set[int]:
@@ -135,6 +137,7 @@ def collaborative_dreaming(
         _track_norms(outcome, channel.value, responses.values())
         result = aggregator.aggregate(responses, channel=channel, step=step)
         outcome.aggregations += 1
+        outcome.survivors.append(len(result.contributors))
         ledger.sent(result.bytes_up, channel.value)
         ledger.received_each(result.bytes_down, channel.value)
         mean = result.total.to(current.device) / public_count
@@ -180,6 +183,7 @@ def _soft_labels(
     logits = {c.client_id: c.dream_logits(dreams).to(dreams.device) for c in active}
     _track_norms(outcome, Channel.LOGITS.value, logits.values())
     result = aggregator.aggregate(logits, channel=Channel.LOGITS, step=step)
+    outcome.survivors.append(len(result.contributors))
     ledger.sent(result.bytes_up, Channel.LOGITS.value)
     ledger.received_each(result.bytes_down, Channel.LOGITS.value)
     soft = result.total.to(dreams.device) / public_count
