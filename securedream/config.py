@@ -343,6 +343,23 @@ SAMPLE_LEVEL_KEYS = ("sample_noise_multiplier", "sample_clip")
 SHARED_KEYS = ("delta", "accountant")  # also read by sample-level DP-SGD
 
 
+def client_dp_off(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a raw config whose client-level DP is off, if its placement is "off".
+
+    Baselines and audit controls derive a non-private copy of a private config by setting
+    ``privacy.placement = "off"``; the client-level keys the copy no longer uses go back to their
+    defaults here, so the copy validates (a user's config with such keys is still an error).
+    """
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+    privacy = out.get("privacy", {})
+    if privacy.get("placement", "off") == "off":
+        for name in CLIENT_LEVEL_KEYS:
+            if name in SHARED_KEYS and privacy.get("sample_level", False):
+                continue
+            privacy.pop(name, None)
+    return out
+
+
 def _validate_privacy(cfg: RunConfig) -> None:
     p = cfg.privacy
     default = PrivacyConfig()

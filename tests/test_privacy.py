@@ -592,3 +592,17 @@ def test_target_epsilon_below_reach_names_the_key_and_the_floor() -> None:
     with pytest.raises(ConfigError, match=r"smallest reachable ε is about 0\.1") as err:
         noise_for_epsilon(0.01, 1e-5, 1010, "rdp")
     assert err.value.key == "privacy.target_epsilon"
+
+
+def test_turning_client_dp_off_on_a_copy_drops_its_keys() -> None:
+    """Baselines and audit controls derive a non-private copy of a private config."""
+    from securedream.config import apply_overrides, client_dp_off, config_from_dict, config_to_dict
+
+    private = resolve_config(
+        preset="smoke",
+        overrides=['privacy.placement="central"', "privacy.target_epsilon=4", "privacy.delta=1e-6"],
+    )
+    raw = apply_overrides(config_to_dict(private), ['privacy.placement="off"'])
+    plain = config_from_dict(client_dp_off(raw))
+    assert plain.privacy.placement == "off" and plain.privacy.target_epsilon == 0.0
+    assert private.privacy.target_epsilon == 4  # the private config itself is untouched
