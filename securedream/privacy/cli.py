@@ -53,7 +53,7 @@ def run_privacy_command(args: argparse.Namespace) -> int:
         target = args.target_epsilon
         if not (target > 0 and math.isfinite(target)):
             raise ConfigError("--target-epsilon", f"must be a finite number > 0, got {target}")
-        z = noise_for_epsilon(target, delta, releases, accountant)
+        z = noise_for_epsilon(target, delta, releases, accountant, key="--target-epsilon")
         eps = gaussian_epsilon([GaussianRelease(z, releases)], delta, accountant)
         result.update(target_epsilon=target, noise_multiplier=z, epsilon=eps)
         text = (
