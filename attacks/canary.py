@@ -44,7 +44,13 @@ from attacks.stats import bound_at_threshold, choose_threshold, epsilon_ceiling
 from securedream.aggregation.base import AggregateResult, Aggregator, Channel
 from securedream.aggregation.factory import build_aggregation
 from securedream.aggregation.secure import SecureAggregator
-from securedream.config import RunConfig, apply_overrides, config_from_dict, config_to_dict
+from securedream.config import (
+    RunConfig,
+    apply_overrides,
+    client_dp_off,
+    config_from_dict,
+    config_to_dict,
+)
 from securedream.privacy.aggregator import DPAggregator
 from securedream.seeding import derive_seed, torch_generator
 
@@ -124,7 +130,8 @@ def audit_config(cfg: RunConfig, seed: int) -> RunConfig:
             "secure_aggregation.dropout_rate=0.0",
             "secure_aggregation.dropouts=[]",
             "secure_aggregation.secure_rounding=false",
-            "privacy.secure_noise=false",
+            # a client-level DP key: only valid (and only meaningful) when DP is on
+            *(["privacy.reproducible_noise=true"] if cfg.privacy.placement != "off" else []),
         ],
     )
     return config_from_dict(raw)
@@ -387,7 +394,7 @@ def canary_positive_control(
     cfg: RunConfig, settings: CanarySettings, progress: Progress | None = None
 ) -> dict[str, Any]:
     """The same mechanism without noise (plain sum): the bound must reach the run-count ceiling."""
-    raw = apply_overrides(config_to_dict(cfg), ['privacy.placement="off"'])
+    raw = client_dp_off(apply_overrides(config_to_dict(cfg), ['privacy.placement="off"']))
     plain_cfg = config_from_dict(raw)
     result = run_canary_audit(
         plain_cfg, dataclasses.replace(settings, secure_check_runs=0), progress=progress

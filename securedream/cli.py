@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--target-epsilon", type=float, metavar="EPS", required=True)
         p.add_argument("--json", action="store_true")
+    from securedream.privacy.cli import add_adversaries_parser
+
+    add_adversaries_parser(privacy_sub, _add_config_arguments)
     return parser
 
 
@@ -229,8 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_private_bench(args)
         if args.command == "privacy":
-            from securedream.privacy.cli import run_privacy_command
+            from securedream.privacy.cli import run_adversaries_command, run_privacy_command
 
+            if args.privacy == "adversaries":
+                return run_adversaries_command(args)
             return run_privacy_command(args)
     except SecureDreamError as exc:
         print(f"securedream: error: {exc}", file=sys.stderr)

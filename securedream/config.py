@@ -116,6 +116,7 @@ class BaselinesConfig:
 
 
 PLACEMENTS = ("off", "central", "distributed")
+NEIGHBOURING = ("zero-out", "replace-one")
 SECAGG_STAGES = ("advertise", "share", "masked_input", "consistency", "unmask")
 
 
@@ -148,8 +149,18 @@ class PrivacyConfig:
     delta: float = _spec(1e-5, low=0.0, low_open=True, high=0.1)
     accountant: str = _spec("rdp", choices=("rdp", "prv"))
     max_epsilon: float = _spec(0.0, low=0.0, high=1e6, help="stop before exceeding; 0 = no cap")
-    min_survivors: int = _spec(0, low=0, high=100_000, help="distributed: noise calibrated for")
-    secure_noise: bool = _spec(False, help="noise key from os.urandom (else from the run seed)")
+    min_survivors: int = _spec(
+        0, low=0, high=100_000, help="fewest survivors a sum is released with; 0 = max(2, t)"
+    )
+    colluders: int = _spec(
+        -1, low=-1, high=100_000, help="clients colluding with the server; -1 = t - 1"
+    )
+    neighbouring: str = _spec(
+        "zero-out", choices=NEIGHBOURING, help="zero-out (sensitivity C) or replace-one (2C)"
+    )
+    reproducible_noise: bool = _spec(
+        False, help="research only: noise keys from the run seed (else os.urandom)"
+    )
     sample_level: bool = _spec(False, help="Opacus DP-SGD for local training")
     sample_noise_multiplier: float = _spec(1.0, low=0.0, high=1e6)
     sample_clip: float = _spec(1.0, low=0.0, low_open=True, high=1e6)
@@ -272,9 +283,22 @@ def _check_value(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> An
     return value
 
 
+# Keys that were renamed or whose meaning changed: using one is an error that says what replaced it,
+# never a silent fallback to the new key's default.
+REPLACED_KEYS: dict[str, str] = {
+    "privacy.secure_noise": (
+        "was replaced by privacy.reproducible_noise: noise keys now come from os.urandom by "
+        "default; set privacy.reproducible_noise = true only for reproducible research runs"
+    ),
+}
+
+
 def _build_section(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
     if not isinstance(raw, Mapping):
         raise ConfigError(prefix.rstrip("."), f"must be a table, got {raw!r}")
+    for name in raw:
+        if prefix + name in REPLACED_KEYS:
+            raise ConfigError(prefix + name, REPLACED_KEYS[prefix + name])
     hints = get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(raw) - set(known))
@@ -321,6 +345,7 @@ def _validate_cross_fields(cfg: RunConfig) -> None:
     if cfg.data.dataset in ("mnist", "fashionmnist", "cifar10", "svhn") and not cfg.data.root:
         raise ConfigError("data.root", f"is required for dataset {cfg.data.dataset!r}")
     _validate_diagnostics(cfg)
+    _validate_privacy(cfg)
 
 
 def _validate_diagnostics(cfg: RunConfig) -> None:
@@ -333,6 +358,101 @@ def _validate_diagnostics(cfg: RunConfig) -> None:
                 f"diagnostics.{f.name}",
                 "only applies when secure_aggregation.enabled, privacy.placement or "
                 "privacy.sample_level is on; without them every per-client diagnostic is sent",
+            )
+
+
+# Keys of client-level DP (on when privacy.placement is not "off") and of sample-level DP-SGD (on
+# when privacy.sample_level is true). A key of a mechanism that is off is an error, because a run
+# that silently ignores "target_epsilon = 4" is a run the user believes is private.
+CLIENT_LEVEL_KEYS = (
+    "clip_gradient",
+    "clip_logits",
+    "noise_multiplier",
+    "target_epsilon",
+    "delta",
+    "accountant",
+    "max_epsilon",
+    "min_survivors",
+    "colluders",
+    "neighbouring",
+    "reproducible_noise",
+)
+SAMPLE_LEVEL_KEYS = ("sample_noise_multiplier", "sample_clip")
+SHARED_KEYS = ("delta", "accountant")  # also read by sample-level DP-SGD
+
+
+def client_dp_off(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a raw config whose client-level DP is off, if its placement is "off".
+
+    Baselines and audit controls derive a non-private copy of a private config by setting
+    ``privacy.placement = "off"``; the client-level keys the copy no longer uses go back to their
+    defaults here, so the copy validates (a user's config with such keys is still an error).
+    """
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+    privacy = out.get("privacy", {})
+    if privacy.get("placement", "off") == "off":
+        for name in CLIENT_LEVEL_KEYS:
+            if name in SHARED_KEYS and privacy.get("sample_level", False):
+                continue
+            privacy.pop(name, None)
+    return out
+
+
+def _validate_privacy(cfg: RunConfig) -> None:
+    p = cfg.privacy
+    default = PrivacyConfig()
+
+    def changed(name: str) -> bool:
+        return getattr(p, name) != getattr(default, name)
+
+    if p.placement == "off":
+        for name in CLIENT_LEVEL_KEYS:
+            if not changed(name) or (p.sample_level and name in SHARED_KEYS):
+                continue
+            raise ConfigError(
+                f"privacy.{name}",
+                'has no effect while privacy.placement = "off" (client-level DP is off); set '
+                'privacy.placement = "central" or "distributed" to turn it on, or remove the key',
+            )
+    if not p.sample_level:
+        for name in SAMPLE_LEVEL_KEYS:
+            if changed(name):
+                raise ConfigError(
+                    f"privacy.{name}",
+                    "has no effect while privacy.sample_level = false; set "
+                    "privacy.sample_level = true to turn DP-SGD on, or remove the key",
+                )
+    if p.placement == "off":
+        return
+    if p.noise_multiplier > 0 and p.target_epsilon > 0:
+        raise ConfigError(
+            "privacy.noise_multiplier",
+            "set either noise_multiplier or target_epsilon (which derives it), not both",
+        )
+    if p.noise_multiplier <= 0 and p.target_epsilon <= 0:
+        raise ConfigError(
+            "privacy.noise_multiplier",
+            "set noise_multiplier > 0 or target_epsilon > 0 when placement is not off",
+        )
+    n = cfg.clients.count
+    if p.min_survivors > n:
+        raise ConfigError(
+            "privacy.min_survivors", f"must be in [0, clients.count={n}], got {p.min_survivors}"
+        )
+    if p.colluders > n - 1:
+        raise ConfigError(
+            "privacy.colluders",
+            f"must be in [0, clients.count - 1 = {n - 1}] (or -1 for t - 1), got {p.colluders}",
+        )
+    if p.placement == "distributed":
+        if not cfg.secure_aggregation.enabled:
+            raise ConfigError(
+                "privacy.placement", "distributed needs secure_aggregation.enabled = true"
+            )
+        if p.accountant != "rdp":
+            raise ConfigError(
+                "privacy.accountant",
+                'distributed (Skellam) noise is accounted with RDP; set accountant = "rdp"',
             )
 
 

@@ -165,6 +165,7 @@ def test_private_secure_run_resumes_to_the_same_result(tmp_path) -> None:
         "secure_aggregation.enabled=true",
         'privacy.placement="distributed"',
         "privacy.noise_multiplier=0.5",
+        "privacy.reproducible_noise=true",  # bit-identical resume needs the same noise
     ]
     cfg = resolve_config(preset="smoke", overrides=overrides)
     full = run_experiment(cfg, tmp_path / "full", progress=False)

@@ -21,8 +21,8 @@ def build_aggregation(
     """The aggregator for a run, and its privacy façade when DP is on."""
     sa = cfg.secure_aggregation
     privacy = None
+    threshold = secure_threshold(cfg) if sa.enabled else None
     if cfg.privacy.placement != "off":
-        threshold = _secure_threshold(cfg) if sa.enabled else None
         privacy = RunPrivacy(cfg, dim=dim, num_classes=num_classes, secure_threshold=threshold)
     inner: Aggregator
     if sa.enabled:
@@ -36,7 +36,7 @@ def build_aggregation(
             scale = privacy.secure_scale()
         settings = SecureAggregationSettings(
             graph=sa.graph,
-            threshold=sa.threshold or None,
+            threshold=threshold,
             degree=sa.neighbours or None,
             bits=sa.bits,
             ranges=ranges,
@@ -45,6 +45,7 @@ def build_aggregation(
             planned=parse_dropouts(sa.dropouts, cfg.clients.count),
             seed=cfg.seed,
             secure_rounding=sa.secure_rounding,
+            min_survivors=survivor_floor(cfg, threshold),
         )
         try:
             inner = SecureAggregator(cfg.clients.count, settings)
@@ -57,18 +58,54 @@ def build_aggregation(
     return privacy.wrap(inner), privacy
 
 
-def _secure_threshold(cfg: RunConfig) -> int:
-    """The protocol's threshold t for this config (derived by protocols when not given)."""
+def survivor_floor(cfg: RunConfig, threshold: int | None) -> int:
+    """Fewest survivors whose sum is released; an aggregation with fewer is refused.
+
+    With secure aggregation: never 1 (the "sum" of one client is that client's contribution in
+    the clear), never below the protocol threshold t, never below ``privacy.min_survivors``.
+    Without it every client takes part in every sum and the server sees each contribution anyway.
+    """
+    asked = cfg.privacy.min_survivors if cfg.privacy.placement != "off" else 0
+    if threshold is None:
+        return max(1, asked)
+    return max(2, threshold, asked)
+
+
+def secure_threshold(cfg: RunConfig) -> int:
+    """The protocol's threshold t for this config.
+
+    A derived t is raised to the survivor floor (at least 2, at least ``privacy.min_survivors``)
+    where the sharing graph allows it, so the protocol itself cannot unmask a sum of fewer
+    survivors: with 2 clients t becomes 2, and a dropout aborts the aggregation instead of
+    releasing the one survivor's contribution. An explicit t below 2 is refused.
+    """
     sa = cfg.secure_aggregation
     if cfg.clients.count < 2:
         raise ConfigError("secure_aggregation.enabled", "needs clients.count >= 2")
+    if sa.threshold == 1:
+        raise ConfigError(
+            "secure_aggregation.threshold",
+            "must be >= 2 (or 0 = derived): with t = 1 a sum of one survivor is that client's "
+            "contribution in the clear",
+        )
+    derived = _protocol_config(cfg, sa.threshold or None)
+    if sa.threshold:
+        return derived.t
+    wanted = survivor_floor(cfg, derived.t)
+    if derived.t < wanted <= derived.k + 1:
+        return _protocol_config(cfg, wanted).t
+    return derived.t
+
+
+def _protocol_config(cfg: RunConfig, threshold: int | None) -> protocols.SecAggConfig:
+    sa = cfg.secure_aggregation
     try:
         return protocols.SecAggConfig(
             num_clients=cfg.clients.count,
             graph=sa.graph,
             degree=sa.neighbours or None,
-            threshold=sa.threshold or None,
+            threshold=threshold,
             dropout_rate=min(sa.dropout_rate, 0.5),
-        ).t
+        )
     except protocols.ConfigError as exc:
         raise ConfigError("secure_aggregation", str(exc)) from exc

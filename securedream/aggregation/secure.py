@@ -8,7 +8,8 @@ agreement and share distribution are paid once per round while every aggregation
 
 A client that drops (simulated by ``dropout_rate`` or an explicit schedule) is out for the rest of
 the round — the server stops sending it dreams — and is back in the next round's session. Fewer
-survivors than the threshold aborts the aggregation with :class:`SecureAggregationAborted`.
+survivors than the threshold aborts the aggregation with :class:`SecureAggregationAborted`, and so
+does a sum of fewer than ``min_survivors`` (never below 2): it is refused, not released.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class SecureAggregationSettings:
     planned: Sequence[PlannedDrop] = ()
     seed: int = 0
     secure_rounding: bool = False  # rounding randomness from os.urandom (else from the seed)
+    min_survivors: int = 2  # fewest survivors a sum is released with (never below 2 or t)
 
 
 # Noise added by each client to its *encoded* integer vector before masking (distributed DP).
@@ -123,6 +125,11 @@ class SecureAggregator(Aggregator):
     @property
     def threshold(self) -> int:
         return self.config.t
+
+    @property
+    def min_survivors(self) -> int:
+        """Fewest survivors whose sum is released: max(2, t, the configured minimum)."""
+        return max(2, self.threshold, self.settings.min_survivors)
 
     @property
     def encoding(self) -> protocols.EncodingParams:
@@ -167,7 +174,7 @@ class SecureAggregator(Aggregator):
             stages = rng.integers(2 if step > 0 else 0, len(STAGES), self.num_clients)
             for c in active:
                 # a simulation of flaky clients: never drop below the threshold on purpose
-                keeps_threshold = len(active) - len(drops) - 1 >= self.threshold
+                keeps_threshold = len(active) - len(drops) - 1 >= self.min_survivors
                 if draws[c] < self.settings.dropout_rate and c not in drops and keeps_threshold:
                     drops[c] = STAGES[int(stages[c])]
         return drops
@@ -215,9 +222,12 @@ class SecureAggregator(Aggregator):
         step: int,
         shape: torch.Size,
     ) -> tuple[torch.Tensor, tuple[int, ...]]:
-        """Server side: signed integer sum → float32 tensor in channel units; log survivors."""
-        summed = integer_sum.astype(np.float64) / self.encoding.scale
-        total = torch.from_numpy(summed * self.channel_range(channel)).to(torch.float32)
+        """Server side: signed integer sum → float32 tensor in channel units; log survivors.
+
+        A sum of fewer than ``min_survivors`` clients is refused here, before it leaves the
+        aggregator (the protocol's own threshold already refuses fewer than t where the graph
+        allows t to carry the whole floor).
+        """
         ordered = tuple(sorted(int(c) for c in survivors))  # type: ignore[call-overload]
         self.survivors_log.append(
             {
@@ -227,6 +237,14 @@ class SecureAggregator(Aggregator):
                 "survivors": len(ordered),
             }
         )
+        if len(ordered) < self.min_survivors:
+            raise SecureAggregationAborted(
+                f"round {self.round_index}, {channel.value} step {step}: only {len(ordered)} "
+                f"survivors < {self.min_survivors} (the survivor floor: max(2, t, "
+                "privacy.min_survivors)); the sum is not released"
+            )
+        summed = integer_sum.astype(np.float64) / self.encoding.scale
+        total = torch.from_numpy(summed * self.channel_range(channel)).to(torch.float32)
         return total.reshape(shape), ordered
 
     def _client_encode(

@@ -15,7 +15,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from securedream.config import apply_overrides, config_from_dict, config_to_dict
+from securedream.config import (
+    apply_overrides,
+    client_dp_off,
+    config_from_dict,
+    config_to_dict,
+)
 from securedream.errors import ConfigError
 
 
@@ -59,7 +64,7 @@ def run_private_bench(args: argparse.Namespace) -> int:
     out_root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="securedream-private-"))
     rows: list[dict[str, Any]] = []
     for label, overrides in variants(epsilons):
-        cfg = config_from_dict(apply_overrides(config_to_dict(base), overrides))
+        cfg = config_from_dict(client_dp_off(apply_overrides(config_to_dict(base), overrides)))
         folder = out_root / label.replace(" ", "_").replace("=", "").replace("+", "_")
         summary = run_experiment(cfg, folder, progress=not args.quiet)
         stages = summary["timing"]["stage_seconds_total"]

@@ -17,6 +17,7 @@ Gaussian (or Skellam) mechanism at sample rate 1, and a run is their composition
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Sequence
@@ -47,12 +48,33 @@ class GaussianRelease:
 
 @dataclass(frozen=True)
 class SkellamRelease:
-    """``count`` releases of symmetric Skellam noise Sk(μ) on integer vectors (integer units)."""
+    """``count`` releases of symmetric Skellam noise Sk(μ) on integer vectors (integer units).
+
+    ``shares``: how many independent client shares of equal parameter μ/shares make up the
+    noise. A party that knows k of them (its own, or colluders') faces Sk(μ·(shares − k)/shares).
+    """
 
     mu: float
     l2_sensitivity: float
     l1_sensitivity: float
     count: int
+    shares: int = 1
+
+    def seen_by(self, known_shares: int, sensitivity_factor: float = 1.0) -> SkellamRelease | None:
+        """The release as a party knowing ``known_shares`` shares faces it; None: no noise left.
+
+        ``sensitivity_factor`` scales both sensitivities (2 for the replace-one relation).
+        """
+        left = self.shares - known_shares
+        if left <= 0:
+            return None
+        return SkellamRelease(
+            self.mu * left / self.shares,
+            self.l2_sensitivity * sensitivity_factor,
+            self.l1_sensitivity * sensitivity_factor,
+            self.count,
+            left,
+        )
 
 
 def skellam_rdp(orders: Sequence[float], release: SkellamRelease) -> np.ndarray:
@@ -100,7 +122,13 @@ def skellam_epsilon(releases: Sequence[SkellamRelease], delta: float) -> float:
 
 
 def noise_for_epsilon(
-    target_epsilon: float, delta: float, releases: int, accountant: str, sample_rate: float = 1.0
+    target_epsilon: float,
+    delta: float,
+    releases: int,
+    accountant: str,
+    sample_rate: float = 1.0,
+    *,
+    key: str = "privacy.target_epsilon",
 ) -> float:
     """The noise multiplier z that spends ``target_epsilon`` over ``releases`` Gaussian releases."""
     _check_accountant(accountant)
@@ -108,20 +136,40 @@ def noise_for_epsilon(
         raise ValueError(f"target_epsilon must be a positive finite number, got {target_epsilon}")
     if releases < 1:
         raise ValueError(f"releases must be >= 1, got {releases}")
-    from opacus.accountants.utils import get_noise_multiplier
+    from opacus.accountants.utils import MAX_SIGMA, get_noise_multiplier
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return float(
-            get_noise_multiplier(
-                target_epsilon=target_epsilon,
-                target_delta=delta,
-                sample_rate=sample_rate,
-                steps=releases,
-                accountant=accountant,
-                epsilon_tolerance=0.005,
+        try:
+            return float(
+                get_noise_multiplier(
+                    target_epsilon=target_epsilon,
+                    target_delta=delta,
+                    sample_rate=sample_rate,
+                    steps=releases,
+                    accountant=accountant,
+                    epsilon_tolerance=0.005,
+                )
             )
-        )
+        except ValueError as exc:
+            if "budget is too low" not in str(exc):
+                raise
+    from opacus.accountants.utils import create_accountant
+
+    from securedream.errors import ConfigError
+
+    acc = create_accountant(mechanism=accountant)  # as get_noise_multiplier runs it
+    acc.history = [(MAX_SIGMA, sample_rate, releases)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        smallest = float(acc.get_epsilon(delta=delta))
+
+    raise ConfigError(
+        key,
+        f"{target_epsilon:g} is too small for {releases} releases at δ = {delta:g} "
+        f"({accountant}): the smallest reachable ε is about {smallest:.3g} (Opacus searches "
+        f"noise multipliers up to {MAX_SIGMA:g})",
+    )
 
 
 def _check_accountant(name: str) -> None:
@@ -169,14 +217,13 @@ class PrivacyLedger:
         ledger = self.channel(channel)
         if ledger.skellam:
             last = ledger.skellam[-1]
-            if (last.mu, last.l2_sensitivity, last.l1_sensitivity) == (
+            if (last.mu, last.l2_sensitivity, last.l1_sensitivity, last.shares) == (
                 release.mu,
                 release.l2_sensitivity,
                 release.l1_sensitivity,
+                release.shares,
             ):
-                ledger.skellam[-1] = SkellamRelease(
-                    last.mu, last.l2_sensitivity, last.l1_sensitivity, last.count + release.count
-                )
+                ledger.skellam[-1] = dataclasses.replace(last, count=last.count + release.count)
                 return
         ledger.skellam.append(release)
 
@@ -185,6 +232,30 @@ class PrivacyLedger:
         for name, ledger in self.channels.items():
             clone.channels[name] = ChannelLedger(list(ledger.gaussian), list(ledger.skellam))
         return clone
+
+    def view(self, known_shares: int, sensitivity_factor: float = 1.0) -> PrivacyLedger | None:
+        """The releases as a party that knows ``known_shares`` noise shares of each faces them.
+
+        Gaussian releases (central noise, one share the server adds) are kept when the party
+        knows no share. Sensitivities are scaled by ``sensitivity_factor`` (replace-one: 2),
+        which for a Gaussian release divides the noise multiplier. None when some release has
+        no noise left for this party (no DP against it).
+        """
+        out = PrivacyLedger(self.accountant, self.delta)
+        for name, ledger in self.channels.items():
+            target = out.channel(name)
+            if ledger.gaussian and known_shares > 0:
+                return None
+            for g in ledger.gaussian:
+                target.gaussian.append(
+                    GaussianRelease(g.noise_multiplier / sensitivity_factor, g.count, g.sample_rate)
+                )
+            for r in ledger.skellam:
+                seen = r.seen_by(known_shares, sensitivity_factor)
+                if seen is None:
+                    return None
+                target.skellam.append(seen)
+        return out
 
     def epsilon(self, channels: Sequence[str] | None = None) -> float:
         """ε of the releases on ``channels`` (all channels when None), composed."""

@@ -8,10 +8,13 @@ Per release (one dream-step aggregate or one soft-label aggregate):
    - ``central``: by the server, after the (secure) sum, as Gaussian noise;
    - ``distributed``: by the clients, before masking, as integer Skellam noise in the secure
      aggregation's fixed-point domain, each client adding the share calibrated so that
-     ``min_survivors`` shares together reach z·Δ (the protocol's threshold guarantees that no sum
-     with fewer survivors is ever unmasked);
-3. the server divides by the public client count (done by the server loop, never by survivors);
-4. the release is recorded in the privacy ledger with the noise actually present.
+     ``noise_shares`` shares together reach z·Δ. ``noise_shares`` is what is left of the fewest
+     survivors a sum is released with (``min_survivors``) once the tolerated colluders (who know
+     their own shares) are taken out, so the target holds against the server with them;
+3. a sum of fewer than ``min_survivors`` clients is refused, never released;
+4. the server divides by the public client count (done by the server loop, never by survivors);
+5. the release is recorded in the privacy ledger with the noise actually present and the number
+   of shares it is made of (so ε can be read for parties that know some of them).
 """
 
 from __future__ import annotations
@@ -45,30 +48,35 @@ class DPSettings:
     clip_gradient: float
     clip_logits: float
     min_survivors: int
+    noise_shares: int = 0  # distributed: shares calibrated to reach z·Δ; 0 = min_survivors
+
+    @property
+    def calibration_shares(self) -> int:
+        return self.noise_shares or self.min_survivors
 
     def clip_for(self, channel: Channel) -> float:
         return self.clip_logits if channel is Channel.LOGITS else self.clip_gradient
 
 
 def distributed_scale(
-    noise_multiplier: float, num_clients: int, min_survivors: int, bits: int, dim_hint: int
+    noise_multiplier: float, num_clients: int, noise_shares: int, bits: int, dim_hint: int
 ) -> float:
     """Largest power-of-two scale s that satisfies two limits.
 
     Overflow: in units of C, one client's encoded contribution has |q_i| ≤ s and its noise share
-    has std z·(s + √d)/√(min_survivors); the protocol requires every input within
+    has std z·(s + √d)/√(noise_shares); the protocol requires every input within
     (2^(b−1) − 1) / n so that n of them cannot overflow.
-    Exact sampling: the share's Skellam parameter μ = (z·(s + √d))² / (2·min_survivors) stays at
+    Exact sampling: the share's Skellam parameter μ = (z·(s + √d))² / (2·noise_shares) stays at
     most ``MAX_SHARE_MU`` so the Poisson sampler keeps integer resolution in float64.
     A finer scale buys nothing once the rounding step 1/s is far below the noise.
     """
     bound = ((1 << (bits - 1)) - 1) // num_clients
     root_d = math.sqrt(dim_hint)
-    per_unit = 1.0 + NOISE_HEADROOM_SIGMAS * noise_multiplier / math.sqrt(min_survivors)
-    extra = NOISE_HEADROOM_SIGMAS * noise_multiplier * root_d / math.sqrt(min_survivors)
+    per_unit = 1.0 + NOISE_HEADROOM_SIGMAS * noise_multiplier / math.sqrt(noise_shares)
+    extra = NOISE_HEADROOM_SIGMAS * noise_multiplier * root_d / math.sqrt(noise_shares)
     s = (bound - extra) / per_unit
     if noise_multiplier > 0:
-        s = min(s, math.sqrt(2.0 * min_survivors * MAX_SHARE_MU) / noise_multiplier - root_d)
+        s = min(s, math.sqrt(2.0 * noise_shares * MAX_SHARE_MU) / noise_multiplier - root_d)
     if s < 16:
         raise SecureDreamError(
             f"distributed DP: noise_multiplier {noise_multiplier} with {num_clients} clients does "
@@ -139,7 +147,7 @@ class DPAggregator(Aggregator):
         assert isinstance(self.inner, SecureAggregator)
         sensitivity = self._integer_l2_sensitivity(self._dim)
         total_variance = (self.settings.noise_multiplier * sensitivity) ** 2
-        return total_variance / (2.0 * self.settings.min_survivors)
+        return total_variance / (2.0 * self.settings.calibration_shares)
 
     def _integer_l2_sensitivity(self, dim: int) -> float:
         """One client's encoded vector: ‖q‖₂ ≤ s·1 (clipped to C, in units of C) + √d (rounding)."""
@@ -157,6 +165,7 @@ class DPAggregator(Aggregator):
         z = self.settings.noise_multiplier
         if self.settings.placement == "central":
             result = self.inner.aggregate(clipped, channel=channel, step=step)
+            self._check_survivors(len(result.contributors))
             std = z * clip
             start = time.perf_counter()
             noise = self.noise.gaussian(result.total.numel(), std)
@@ -172,12 +181,7 @@ class DPAggregator(Aggregator):
         self._dim = next(iter(contributions.values())).numel()
         result = self.inner.aggregate(clipped, channel=channel, step=step)
         survivors = len(result.contributors)
-        if survivors < self.settings.min_survivors:
-            # unreachable while threshold >= min_survivors; kept as a hard stop, not an assumption
-            raise SecureDreamError(
-                f"distributed DP: only {survivors} survivors < min_survivors "
-                f"{self.settings.min_survivors}; the aggregate is not released"
-            )
+        self._check_survivors(survivors)
         mu_share = self._integer_mu()
         sensitivity = self._integer_l2_sensitivity(self._dim)
         self.ledger.record_skellam(
@@ -187,9 +191,19 @@ class DPAggregator(Aggregator):
                 l2_sensitivity=sensitivity,
                 l1_sensitivity=sensitivity * math.sqrt(self._dim),
                 count=1,
+                shares=survivors,
             ),
         )
         scale = self.inner.encoding.scale  # type: ignore[attr-defined]
         self.noise_std_log.append(math.sqrt(2 * mu_share * survivors) / scale * clip)
         self.survivors.append(survivors)
         return result
+
+    def _check_survivors(self, survivors: int) -> None:
+        # the secure aggregator refuses such sums itself; this stays as a hard stop for any inner
+        # aggregator, not an assumption about it
+        if survivors < self.settings.min_survivors:
+            raise SecureDreamError(
+                f"DP: only {survivors} survivors < privacy minimum "
+                f"{self.settings.min_survivors}; the aggregate is not released"
+            )

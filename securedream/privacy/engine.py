@@ -6,7 +6,9 @@ report) so each part stays replaceable and testable.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,13 @@ from securedream.privacy.accounting import (
     PrivacyLedger,
     SkellamRelease,
     noise_for_epsilon,
+)
+from securedream.privacy.adversaries import (
+    SENSITIVITY_FACTOR,
+    Adversary,
+    adversaries,
+    epsilon_by_adversary,
+    protected_epsilon,
 )
 from securedream.privacy.aggregator import DPAggregator, DPSettings
 from securedream.privacy.noise import NoiseSource
@@ -51,8 +60,34 @@ def dream_dim(cfg: RunConfig, channels: int, image_size: int) -> int:
     return cfg.dreams.batch_size * channels * image_size * image_size
 
 
+class ReproducibleNoiseWarning(UserWarning):
+    """The run's DP noise keys derive from its seed: anyone holding the config can remove it."""
+
+
+def refuse_for_deployment(cfg: RunConfig) -> None:
+    """Refuse reproducible noise for anything that is not an in-process research run.
+
+    In a deployment every node holds the same config and so the seed: with noise keys derived from
+    it, the server and every client can regenerate the noise and subtract it.
+    """
+    if cfg.privacy.placement != "off" and cfg.privacy.reproducible_noise:
+        raise ConfigError(
+            "privacy.reproducible_noise",
+            "must be false in a deployment: every node holds the seed and could regenerate and "
+            "subtract the noise; reproducible noise is for in-process research runs only",
+        )
+
+
 class RunPrivacy:
-    """Client-level DP for one run (placement central or distributed)."""
+    """Client-level DP for one run (placement central or distributed).
+
+    Survivors: a sum is released only with at least ``min_survivors`` clients (with secure
+    aggregation never fewer than 2 or the protocol threshold t). Colluders: up to ``colluders``
+    clients (default t − 1) may tell the server their own noise shares. Distributed noise shares
+    are calibrated so that the shares left to the worst protected party after the tolerated
+    dropouts, ``noise_shares = min_survivors − max(colluders, 1)``, reach the target (the 1: a
+    client observer always knows its own share).
+    """
 
     def __init__(
         self, cfg: RunConfig, *, dim: int, num_classes: int, secure_threshold: int | None = None
@@ -64,11 +99,18 @@ class RunPrivacy:
         self.plan = release_plan(cfg)
         self.dim = dim
         self.logit_dim = cfg.dreams.batch_size * num_classes
-        # distributed noise is calibrated for the fewest clients whose sum can ever be unmasked:
-        # the secure aggregation threshold t unless the user asks for more
-        self.min_survivors = p.min_survivors or secure_threshold or cfg.clients.count
+        self.sensitivity_factor = SENSITIVITY_FACTOR[p.neighbouring]
+        if secure_threshold is None:
+            self.min_survivors = max(1, p.min_survivors)
+        else:
+            self.min_survivors = max(2, secure_threshold, p.min_survivors)
+        if p.colluders >= 0:
+            self.colluders = p.colluders
+        else:
+            self.colluders = secure_threshold - 1 if secure_threshold else 0
+        self.noise_shares = self.min_survivors
         if p.placement == "distributed":
-            if not cfg.secure_aggregation.enabled:
+            if not cfg.secure_aggregation.enabled or secure_threshold is None:
                 raise ConfigError(
                     "privacy.placement",
                     "distributed needs secure_aggregation.enabled = true",
@@ -81,12 +123,29 @@ class RunPrivacy:
             if self.min_survivors > cfg.clients.count:
                 raise ConfigError(
                     "privacy.min_survivors",
-                    f"must be in [1, clients.count={cfg.clients.count}], got {self.min_survivors}",
+                    f"must be in [0, clients.count={cfg.clients.count}], got {self.min_survivors}",
+                )
+            self.noise_shares = self.min_survivors - max(self.colluders, 1)
+            if self.noise_shares < 1:
+                raise ConfigError(
+                    "privacy.colluders",
+                    f"{self.colluders} colluders leave no honest noise share among the fewest "
+                    f"survivors ({self.min_survivors}); use fewer colluders or raise "
+                    "privacy.min_survivors",
                 )
         if p.noise_multiplier <= 0 and p.target_epsilon <= 0:
             raise ConfigError(
                 "privacy.noise_multiplier",
                 "set noise_multiplier > 0 or target_epsilon > 0 when placement is not off",
+            )
+        if p.reproducible_noise:
+            warnings.warn(
+                ReproducibleNoiseWarning(
+                    "privacy.reproducible_noise = true: DP noise keys derive from the run seed, so "
+                    "anyone holding the config can regenerate and subtract the noise; the ε "
+                    "figures hold only against parties without the seed (research runs only)"
+                ),
+                stacklevel=2,
             )
         self.ledger = PrivacyLedger(p.accountant, p.delta)
         self.noise_multiplier = (
@@ -95,11 +154,39 @@ class RunPrivacy:
         self.epsilon_per_round: list[dict[str, float]] = []
         self.aggregator: DPAggregator | None = None
 
+    # --- adversaries --------------------------------------------------------------------------
+    def adversaries(self) -> tuple[Adversary, ...]:
+        return adversaries(self.cfg.privacy.placement, self.colluders)
+
+    def epsilon_by_adversary(self, ledger: PrivacyLedger | None = None) -> dict[str, float]:
+        """ε of all releases so far (all channels composed) against each party; inf: no DP."""
+        return epsilon_by_adversary(
+            ledger or self.ledger,
+            self.cfg.privacy.placement,
+            self.colluders,
+            self.cfg.privacy.neighbouring,
+        )
+
+    def epsilon_total(self, ledger: PrivacyLedger | None = None) -> float:
+        """The largest ε among the parties the placement claims to protect against."""
+        return protected_epsilon(
+            self.epsilon_by_adversary(ledger), self.cfg.privacy.placement, self.colluders
+        )
+
+    def channel_epsilon(self, channel: str) -> float:
+        """ε of one channel's releases against the worst protected party."""
+        one = PrivacyLedger(self.ledger.accountant, self.ledger.delta)
+        one.channels[channel] = self.ledger.channel(channel)
+        return self.epsilon_total(one)
+
     # --- calibration --------------------------------------------------------------------------
     def _noise_for_target(self) -> float:
         p = self.cfg.privacy
         releases = self.plan.total(self.cfg.rounds)
-        z = noise_for_epsilon(p.target_epsilon, p.delta, releases, p.accountant)
+        # z relative to C; the mechanism's sensitivity is factor·C (replace-one: 2C)
+        z = self.sensitivity_factor * noise_for_epsilon(
+            p.target_epsilon, p.delta, releases, p.accountant
+        )
         if p.placement == "central":
             return z
         # Skellam is a little worse than Gaussian at the same variance: raise z until it fits.
@@ -110,26 +197,42 @@ class RunPrivacy:
         raise ConfigError("privacy.target_epsilon", f"cannot reach ε = {p.target_epsilon}")
 
     def _skellam_release(self, z: float, dim: int, survivors: int, scale: float) -> SkellamRelease:
+        """``survivors`` shares of the calibrated per-client Skellam noise, zero-out units."""
         sensitivity = scale + math.sqrt(dim)
-        mu_share = (z * sensitivity) ** 2 / (2.0 * self.min_survivors)
-        return SkellamRelease(mu_share * survivors, sensitivity, sensitivity * math.sqrt(dim), 1)
+        mu_share = (z * sensitivity) ** 2 / (2.0 * self.noise_shares)
+        return SkellamRelease(
+            mu_share * survivors, sensitivity, sensitivity * math.sqrt(dim), 1, survivors
+        )
 
-    def _projected_distributed_epsilon(self, z: float, rounds: int) -> float:
-        from securedream.privacy.accounting import skellam_epsilon
+    def _planned_ledger(
+        self, z: float, rounds: int, ledger: PrivacyLedger, survivors: int | None = None
+    ) -> PrivacyLedger:
+        """``ledger`` plus ``rounds`` planned rounds with ``survivors`` clients in each release
+        (default: the fewest that is released, the worst case)."""
+        ledger = ledger.copy()
+        if self.cfg.privacy.placement == "central":
+            for channel, count in self.plan.per_round().items():
+                ledger.record_gaussian(channel, z, count * rounds)
+            return ledger
         from securedream.privacy.aggregator import distributed_scale
 
         sa = self.cfg.secure_aggregation
-        scale = distributed_scale(z, self.cfg.clients.count, self.min_survivors, sa.bits, self.dim)
-        releases = []
-        for dim, count in (
-            (self.dim, self.plan.dream_releases),
-            (self.logit_dim, self.plan.logit_releases),
-        ):
-            r = self._skellam_release(z, dim, self.min_survivors, scale)
-            releases.append(
-                SkellamRelease(r.mu, r.l2_sensitivity, r.l1_sensitivity, count * rounds)
-            )
-        return skellam_epsilon(releases, self.cfg.privacy.delta)
+        scale = distributed_scale(z, self.cfg.clients.count, self.noise_shares, sa.bits, self.dim)
+        for channel, count in self.plan.per_round().items():
+            dim = self.logit_dim if channel == Channel.LOGITS.value else self.dim
+            r = self._skellam_release(z, dim, survivors or self.min_survivors, scale)
+            ledger.record_skellam(channel, dataclasses.replace(r, count=count * rounds))
+        return ledger
+
+    def planned_run(self, survivors: int) -> PrivacyLedger:
+        """Every release of the configured run as it would be recorded with ``survivors`` clients
+        in each (the fixed-point scale and calibration of this run)."""
+        ledger = PrivacyLedger(self.cfg.privacy.accountant, self.cfg.privacy.delta)
+        return self._planned_ledger(self.noise_multiplier, self.cfg.rounds, ledger, survivors)
+
+    def _projected_distributed_epsilon(self, z: float, rounds: int) -> float:
+        empty = PrivacyLedger(self.cfg.privacy.accountant, self.cfg.privacy.delta)
+        return self.epsilon_total(self._planned_ledger(z, rounds, empty))
 
     def secure_scale(self) -> float | None:
         """Fixed-point scale the secure aggregator must use (distributed placement only)."""
@@ -139,7 +242,7 @@ class RunPrivacy:
 
         sa = self.cfg.secure_aggregation
         return distributed_scale(
-            self.noise_multiplier, self.cfg.clients.count, self.min_survivors, sa.bits, self.dim
+            self.noise_multiplier, self.cfg.clients.count, self.noise_shares, sa.bits, self.dim
         )
 
     # --- wiring -------------------------------------------------------------------------------
@@ -151,6 +254,7 @@ class RunPrivacy:
             clip_gradient=p.clip_gradient,
             clip_logits=p.clip_logits,
             min_survivors=self.min_survivors,
+            noise_shares=self.noise_shares,
         )
         if (
             isinstance(inner, SecureAggregator)
@@ -167,9 +271,9 @@ class RunPrivacy:
 
     def noise_for_round(self, round_index: int) -> NoiseSource:
         """Per-round noise key: fresh from os.urandom, or from (seed, round) for research runs."""
-        if self.cfg.privacy.secure_noise:
-            return NoiseSource.from_os()
-        return NoiseSource.from_seed(self.cfg.seed, "dp", round_index)
+        if self.cfg.privacy.reproducible_noise:
+            return NoiseSource.from_seed(self.cfg.seed, "dp", round_index)
+        return NoiseSource.from_os()
 
     # --- checkpoint ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -178,7 +282,8 @@ class RunPrivacy:
                 name: {
                     "gaussian": [[r.noise_multiplier, r.count, r.sample_rate] for r in c.gaussian],
                     "skellam": [
-                        [r.mu, r.l2_sensitivity, r.l1_sensitivity, r.count] for r in c.skellam
+                        [r.mu, r.l2_sensitivity, r.l1_sensitivity, r.count, r.shares]
+                        for r in c.skellam
                     ],
                 }
                 for name, c in self.ledger.channels.items()
@@ -193,7 +298,12 @@ class RunPrivacy:
         self.ledger.channels = {
             name: ChannelLedger(
                 [GaussianRelease(z, int(n), q) for z, n, q in c["gaussian"]],
-                [SkellamRelease(mu, d2, d1, int(n)) for mu, d2, d1, n in c["skellam"]],
+                # a release without its share count (older checkpoints) is read as one share:
+                # every party that knows a share then gets no DP from it (conservative)
+                [
+                    SkellamRelease(*r[:3], int(r[3]), int(r[4]) if len(r) > 4 else 1)
+                    for r in c["skellam"]
+                ],
             )
             for name, c in state["channels"].items()
         }
@@ -215,24 +325,12 @@ class RunPrivacy:
             )
 
     def projected_epsilon_after_next_round(self) -> float:
-        ledger = self.ledger.copy()
-        if self.cfg.privacy.placement == "central":
-            for channel, count in self.plan.per_round().items():
-                ledger.record_gaussian(channel, self.noise_multiplier, count)
-        else:
-            scale = self.secure_scale()
-            assert scale is not None
-            for channel, count in self.plan.per_round().items():
-                dim = self.logit_dim if channel == Channel.LOGITS.value else self.dim
-                r = self._skellam_release(self.noise_multiplier, dim, self.min_survivors, scale)
-                ledger.record_skellam(
-                    channel, SkellamRelease(r.mu, r.l2_sensitivity, r.l1_sensitivity, count)
-                )
-        return ledger.epsilon()
+        """ε against the worst protected party after one more round at the fewest survivors."""
+        return self.epsilon_total(self._planned_ledger(self.noise_multiplier, 1, self.ledger))
 
     def end_round(self) -> dict[str, float]:
-        spent = {name: self.ledger.epsilon([name]) for name in self.ledger.channels}
-        spent["total"] = self.ledger.epsilon()
+        spent = {name: self.channel_epsilon(name) for name in self.ledger.channels}
+        spent["total"] = self.epsilon_total()
         self.epsilon_per_round.append(spent)
         return spent
 

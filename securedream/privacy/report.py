@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from typing import TYPE_CHECKING, Any
 
@@ -9,6 +10,61 @@ from securedream.privacy.accounting import opacus_version
 
 if TYPE_CHECKING:
     from securedream.privacy.engine import RunPrivacy
+
+
+NEIGHBOURING_TEXT = {
+    "zero-out": (
+        "zero-out: the client stays in the run and its whole contribution to every release is "
+        "replaced by zero (sensitivity C per release); participation is NOT hidden: the roster "
+        "and every release's survivor set are public (and in distributed mode the noise "
+        "variance reveals the number of shares)"
+    ),
+    "replace-one": (
+        "replace-one: any change of one client's data, i.e. its whole contribution to every "
+        "release replaced by another (sensitivity 2C per release); participation is NOT hidden: "
+        "the roster and every release's survivor set are public"
+    ),
+}
+ADVERSARY_TEXT = {
+    "observer": "another client, or anyone who sees the dreams and soft labels",
+    "server": "the server, which receives every sum",
+    "server+colluders": "the server together with the colluding clients' own noise shares",
+}
+
+
+def _json_epsilon(eps: float) -> float | None:
+    """JSON has no infinity: None means no DP against that party."""
+    return eps if math.isfinite(eps) else None
+
+
+def not_protected(rp: RunPrivacy) -> list[str]:
+    """What this run's DP does not cover, one sentence each, for the parameters it ran with."""
+    p = rp.cfg.privacy
+    items = []
+    if p.placement == "central":
+        items.append(
+            "the server: under central placement it sees the exact sum of the clipped "
+            "contributions before it adds the noise, so there is no DP against it (only "
+            "distributed placement gives DP against the server)"
+        )
+    else:
+        items.append(
+            f"a server colluding with more than {rp.colluders} clients: each colluder's known "
+            "noise share is removed, and with all shares known nothing is left"
+        )
+    if p.reproducible_noise:
+        items.append(
+            "anyone holding the config: privacy.reproducible_noise = true derives every noise key "
+            "from the run seed, so the noise can be regenerated and subtracted (research only)"
+        )
+    items += [
+        "participation: the roster and every release's survivor set are public",
+        "the dreams themselves and the soft labels are broadcast to every client",
+        "a client's own trained model, which the protocol never releases but the client keeps",
+        "anything a client sends outside the noised sums (see docs/privacy.md)",
+        "local training is not sample-level private unless privacy.sample_level = true",
+    ]
+    return items
 
 
 def build_report(rp: RunPrivacy) -> dict[str, Any]:
@@ -23,17 +79,19 @@ def build_report(rp: RunPrivacy) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "releases": ledger.releases,
             "clip_norm": clip,
+            "sensitivity": rp.sensitivity_factor * clip,
             "noise_multiplier": rp.noise_multiplier,
             "noise_std": rp.noise_multiplier * clip if central else None,
             "sample_rate": 1.0,
             "delta": p.delta,
             "accountant": p.accountant,
-            "epsilon": rp.ledger.epsilon([name]),
+            "epsilon": _json_epsilon(rp.channel_epsilon(name)),
         }
         if not central:
             entry["skellam_releases"] = [
                 {
                     "mu": r.mu,
+                    "shares": r.shares,
                     "l2_sensitivity": r.l2_sensitivity,
                     "l1_sensitivity": r.l1_sensitivity,
                     "count": r.count,
@@ -41,24 +99,28 @@ def build_report(rp: RunPrivacy) -> dict[str, Any]:
                 for r in ledger.skellam
             ]
         channels[name] = entry
+    by_adversary = rp.epsilon_by_adversary()
     report: dict[str, Any] = {
         "unit": "client: one client's whole contribution to one release (client-level DP)",
-        "neighbouring_relation": (
-            "add or remove one client; every client takes part in every release (sample rate 1); "
-            "the server divides by the public client count, never by the number of survivors"
-        ),
+        "neighbouring": p.neighbouring,
+        "neighbouring_relation": NEIGHBOURING_TEXT[p.neighbouring]
+        + "; every client takes part in every release (sample rate 1); the server divides by "
+        "the public client count, never by the number of survivors",
+        "sensitivity_factor": rp.sensitivity_factor,
         "placement": p.placement,
         "mechanism": (
             "Gaussian noise N(0, (z·C)²) added by the server to the (secure) sum"
             if central
             else "Skellam integer noise added by each client before masking; shares calibrated so "
-            f"min_survivors = {rp.min_survivors} shares reach variance (z·Δ)² in fixed point"
+            f"that noise_shares = {rp.noise_shares} shares (the fewest survivors, "
+            f"{rp.min_survivors}, less max(colluders, 1)) reach variance (z·Δ)² in fixed point"
         ),
         "noise_split": (
             {"server": 1.0}
             if central
             else {
-                "per_client_variance_fraction": 1.0 / rp.min_survivors,
+                "per_client_variance_fraction": 1.0 / rp.noise_shares,
+                "noise_shares": rp.noise_shares,
                 "min_survivors": rp.min_survivors,
             }
         ),
@@ -66,6 +128,8 @@ def build_report(rp: RunPrivacy) -> dict[str, Any]:
         "target_epsilon": p.target_epsilon or None,
         "clip_norm": {"dream": p.clip_gradient, "logits": p.clip_logits},
         "clients": cfg.clients.count,
+        "min_survivors": rp.min_survivors,
+        "colluders": rp.colluders,
         "survivors_per_release": {
             "min": min(survivors) if survivors else None,
             "mean": statistics.fmean(survivors) if survivors else None,
@@ -77,22 +141,32 @@ def build_report(rp: RunPrivacy) -> dict[str, Any]:
         "accountant_library": f"opacus {opacus_version()}",
         "delta": p.delta,
         "channels": channels,
-        "epsilon_total": rp.ledger.epsilon(),
+        "adversaries": {
+            a.name: {
+                "who": ADVERSARY_TEXT[a.name],
+                "known_noise_shares": a.known_shares,
+                "sees_exact_sum": a.known_shares is None,
+                "protected": a.protected,
+                "epsilon": _json_epsilon(by_adversary[a.name]),
+            }
+            for a in rp.adversaries()
+        },
+        "epsilon_by_adversary": {k: _json_epsilon(v) for k, v in by_adversary.items()},
+        "epsilon_total": rp.epsilon_total(),
+        "epsilon_total_is": "the largest ε among the parties the placement protects against ("
+        + ", ".join(a.name for a in rp.adversaries() if a.protected)
+        + ")",
         "epsilon_per_round": rp.epsilon_per_round,
         "max_epsilon": p.max_epsilon or None,
+        "noise_reproducible": p.reproducible_noise,
         "noise_key": (
-            "os.urandom (fresh per run)"
-            if p.secure_noise
-            else "derived from the run seed: reproducible, and NOT private against anyone who "
-            "knows the seed; set privacy.secure_noise = true for deployments"
+            "derived from the run seed (privacy.reproducible_noise = true): reproducible, and NOT "
+            "private against anyone who knows the seed; research runs only"
+            if p.reproducible_noise
+            else "os.urandom (fresh per round)"
         ),
         "secure_aggregation": cfg.secure_aggregation.enabled,
-        "not_protected": [
-            "the dreams themselves and the soft labels are broadcast to every client",
-            "BatchNorm running statistics shape every client's dream gradient (they are "
-            "protected only as part of the clipped, noised contribution)",
-            "local training is not sample-level private unless privacy.sample_level = true",
-        ],
+        "not_protected": not_protected(rp),
     }
     if not central:
         scale = rp.secure_scale()
@@ -142,14 +216,26 @@ def _client_level_markdown(report: dict[str, Any]) -> list[str]:
         f"δ = {report['delta']}",
         f"- noise key: {report['noise_key']}",
         "",
-        "| channel | releases | C | ε |",
+        "| party | knows noise shares | protected | ε |",
+        "|---|---|---|---|",
+    ]
+    for name, a in report["adversaries"].items():
+        known = "all (sees the exact sum)" if a["sees_exact_sum"] else a["known_noise_shares"]
+        eps = "no DP" if a["epsilon"] is None else f"{a['epsilon']:.4g}"
+        lines.append(
+            f"| {name}: {a['who']} | {known} | {'yes' if a['protected'] else 'no'} | {eps} |"
+        )
+    lines += [
+        "",
+        "| channel | releases | C | ε (worst protected party) |",
         "|---|---|---|---|",
     ]
     for name, c in report["channels"].items():
         lines.append(f"| {name} | {c['releases']} | {c['clip_norm']} | {c['epsilon']:.4g} |")
     lines += [
         "",
-        f"**Total ε = {report['epsilon_total']:.4g}** at δ = {report['delta']}",
+        f"**Total ε = {report['epsilon_total']:.4g}** at δ = {report['delta']}: "
+        f"{report['epsilon_total_is']}",
         "",
         "Not protected:",
         *[f"- {item}" for item in report["not_protected"]],

@@ -134,7 +134,7 @@ class Security:
     clip_gradient: float
     clip_logits: float
     noise_multiplier: float
-    min_survivors: int
+    noise_shares: int  # distributed: shares that together reach z·Δ (privacy engine's choice)
 
     @classmethod
     def from_config(cls, cfg: RunConfig, dim: int, num_classes: int) -> Security:
@@ -164,7 +164,7 @@ class Security:
             clip_gradient=dp.settings.clip_gradient if dp is not None else 0.0,
             clip_logits=dp.settings.clip_logits if dp is not None else 0.0,
             noise_multiplier=dp.settings.noise_multiplier if dp is not None else 0.0,
-            min_survivors=dp.settings.min_survivors if dp is not None else 0,
+            noise_shares=dp.settings.calibration_shares if dp is not None else 0,
         )
 
     def to_bytes(self) -> bytes:
@@ -185,7 +185,7 @@ class Security:
     def skellam_mu(self, dim: int) -> float:
         """Per-client Skellam parameter, as ``DPAggregator._integer_mu`` computes it."""
         sensitivity = self.scale + math.sqrt(dim)
-        return (self.noise_multiplier * sensitivity) ** 2 / (2.0 * self.min_survivors)
+        return (self.noise_multiplier * sensitivity) ** 2 / (2.0 * self.noise_shares)
 
 
 def encode_contribution(
@@ -640,11 +640,11 @@ class NodeRuntime:
         )
         if sec.placement == "distributed":
             noise = (
-                NoiseSource.from_os()
-                if self.cfg.privacy.secure_noise
-                else NoiseSource.from_seed(
+                NoiseSource.from_seed(
                     self.cfg.seed, "dp", round_index, "client", self.k, self.secagg.step
                 )
+                if self.cfg.privacy.reproducible_noise
+                else NoiseSource.from_os()
             )
             encoded += noise.skellam(len(encoded), sec.skellam_mu(len(encoded)))
         self.dirty.add("secagg")

@@ -88,6 +88,9 @@ def write_app(
     folder: str | Path, cfg: RunConfig, *, timeout: float = 600.0, connect_timeout: float = 300.0
 ) -> Path:
     """Write a Flower App folder running ``cfg``; returns the folder."""
+    from securedream.privacy.engine import refuse_for_deployment
+
+    refuse_for_deployment(cfg)  # every node holds the seed: no seed-derived noise keys
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
     (path / "pyproject.toml").write_text(
