@@ -63,7 +63,7 @@ from attacks.stats import bound_at_threshold, epsilon_ceiling, gaussian_threshol
 from securedream.aggregation.base import Aggregator, Channel
 from securedream.config import RunConfig
 from securedream.privacy.engine import release_plan
-from securedream.privacy.noise import NoiseSource
+from securedream.privacy.noise import MAX_POISSON_MEAN, NoiseSource
 from securedream.seeding import derive_seed, torch_generator
 
 Progress = Callable[[int], None]
@@ -414,17 +414,26 @@ def model_scores(
             if rel.scale is None:  # central: Gaussian, std σ/C along any unit vector
                 total += source.gaussian(n, rel.std_in_clip_units())
             else:  # distributed: the survivors' Skellam shares, in fixed point
-                s = rel.scale
-                mu_share = (rel.std_in_clip_units() * s) ** 2 / (2 * rel.survivors)
-                shares = np.zeros(n, dtype=np.int64)
-                for _ in range(rel.survivors):
-                    shares += source.skellam(n, mu_share)
-                total += shares / s
+                total += _skellam_sum(source, n, rel) / rel.scale
         out[done : done + n] = total
         done += n
         if progress is not None:
             progress(n)
     return out
+
+
+def _skellam_sum(source: NoiseSource, count: int, rel: ReleaseNoise) -> np.ndarray:
+    """The sum of ``rel.survivors`` Skellam(μ) shares: one Skellam(survivors·μ) draw (sums of
+    independent Skellam variables are Skellam), share by share only where that mean would be
+    too large for the exact sampler."""
+    assert rel.scale is not None
+    mu_share = (rel.std_in_clip_units() * rel.scale) ** 2 / (2 * rel.survivors)
+    if mu_share * rel.survivors <= MAX_POISSON_MEAN:
+        return source.skellam(count, mu_share * rel.survivors)
+    total = np.zeros(count, dtype=np.int64)
+    for _ in range(rel.survivors):
+        total += source.skellam(count, mu_share)
+    return total
 
 
 def score_std(noise: list[ReleaseNoise]) -> float:

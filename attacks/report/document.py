@@ -90,7 +90,8 @@ def _canary(results: dict[str, Any], plots: dict[str, Path]) -> list[Block]:
             f"{c['runs']} statistics runs per side, drawn from a model of the mechanism with "
             f"the noise the engine logged for each release; "
             f"{c['mechanism_runs']['runs_per_side']} whole runs per side through the engine's "
-            f"real stack check that model (noise, signal, secure aggregation). Threshold: "
+            f"real stack check that model (noise, signal and, with secure aggregation, "
+            f"bit-identity with the full protocol). Threshold: "
             f"{c['threshold_method']}."
         )
     else:
