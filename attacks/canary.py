@@ -1,4 +1,6 @@
-"""Canary-client audit of the release mechanism (DESIGN.md §5).
+"""Canary-client audit of the release mechanism (DESIGN.md §5): the one-release scope, and the
+stacks, adversary and controls both scopes share. The default scope, the canary in every release
+of a whole run against the run's ε, is :mod:`attacks.canary_run`.
 
 A planted client (client 0) contributes ``C·u`` — the largest change one client may make to a
 release, along a random unit direction ``u`` known to the auditor — in IN runs and a zero vector in
@@ -22,7 +24,8 @@ run on :class:`MaskFreeSecureAggregator` — the engine's SecureAggregator with 
 rounding and noise code, minus the masking session — and the audit re-runs the first runs through
 the full protocol and checks that the releases are bit-for-bit identical.
 
-Theory: the ε of one run's releases, from the stack's own privacy ledger after the first run (so
+Theory: the ε of one audit run's releases (here: ``releases`` releases of one channel, not the
+whole run), from the stack's own privacy ledger after the first run via ``_theory_epsilon`` (so
 the accountant accounts exactly what was implemented: Gaussian with RDP/PRV for central, Skellam
 with RDP for distributed). Without DP the theoretical ε is unbounded and the bound must reach the
 ceiling the run count allows — the audit's positive control.
