@@ -68,7 +68,7 @@ def canary_settings(audit: AuditConfig) -> CanarySettings:
         channel=audit.canary_channel,
         secure_check_runs=audit.secure_check_runs,
         scope=audit.canary_scope,
-        mechanism_runs=audit.canary_mechanism_runs,
+        mechanism_runs=audit.canary_mechanism_runs or 0,
     )
 
 
@@ -115,7 +115,7 @@ def run_audit(
         t0 = time.perf_counter()
         settings = canary_settings(audit)
         if settings.scope == "run":
-            total = 2 * (settings.runs + settings.mechanism_runs)
+            total = 2 * (settings.runs + (settings.mechanism_runs or 50))
         else:
             total = 2 * (settings.runs + settings.calibration_runs)
         with _bar(total, "canary runs", progress) as step:

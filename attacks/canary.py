@@ -95,7 +95,9 @@ class CanarySettings:
     # "run": the canary in every release of a whole run (attacks.canary_run); "release": the
     # fields above describe the audited releases (dim, releases, channel, calibration runs)
     scope: str = "run"
-    mechanism_runs: int = 50  # scope "run": whole runs per side through the real stack
+    # scope "run": whole runs per side through the real stack; 0 = enough for the noise check
+    # (attacks.canary_run.mechanism_runs_for)
+    mechanism_runs: int = 0
 
 
 class _UnmaskedSession:
@@ -471,8 +473,8 @@ def canary_positive_control(
 def _validate(settings: CanarySettings) -> None:
     if settings.scope not in SCOPES:
         raise ValueError(f"canary scope must be one of {list(SCOPES)}, got {settings.scope!r}")
-    if settings.mechanism_runs < 1:
-        raise ValueError("canary mechanism runs must be >= 1")
+    if settings.mechanism_runs < 0:
+        raise ValueError("canary mechanism runs must be >= 0 (0 = automatic)")
     if settings.runs < 1 or settings.calibration_runs < 1:
         raise ValueError("canary runs and calibration runs must be >= 1")
     if settings.dim < 1 or settings.releases < 1:

@@ -72,12 +72,13 @@ class AuditConfig:
         help="evaluation runs per side (IN and OUT); default "
         + ", ".join(f"{n:_} for scope {s}" for s, n in DEFAULT_CANARY_RUNS.items()),
     )
-    canary_mechanism_runs: int = _spec(
-        50,
+    canary_mechanism_runs: int | None = _spec(
+        None,
         "--canary-mechanism-runs",
         1,
         100_000,
-        help="scope run: whole runs per side through the engine's real stack (checks)",
+        help="scope run: whole runs per side through the engine's real stack (the checks); "
+        "default: enough for 2.5 million noise coordinates a side, between 2 and 50",
     )
     canary_calibration_runs: int = _spec(
         10_000,

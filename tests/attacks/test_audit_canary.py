@@ -127,7 +127,8 @@ def test_multiple_releases_sum_and_theory_composes():
 
 def test_audit_config_defaults_match_the_canary_defaults():
     a, c = AuditConfig(), CanarySettings()
-    assert (a.canary_scope, a.canary_mechanism_runs) == (c.scope, c.mechanism_runs) == ("run", 50)
+    assert (a.canary_scope, c.scope) == ("run", "run")
+    assert (a.canary_mechanism_runs, c.mechanism_runs) == (None, 0)  # both: automatic
     assert a.resolved_canary_runs() == c.runs
     release = AuditConfig(canary_scope="release")
     assert release.resolved_canary_runs() == RELEASE.runs == 100_000
