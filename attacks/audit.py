@@ -59,7 +59,7 @@ def versions() -> dict[str, str]:
 
 def canary_settings(audit: AuditConfig) -> CanarySettings:
     return CanarySettings(
-        runs=audit.canary_runs,
+        runs=audit.resolved_canary_runs(),
         calibration_runs=audit.canary_calibration_runs,
         dim=audit.canary_dim,
         releases=audit.canary_releases,
@@ -67,6 +67,8 @@ def canary_settings(audit: AuditConfig) -> CanarySettings:
         seed=audit.seed,
         channel=audit.canary_channel,
         secure_check_runs=audit.secure_check_runs,
+        scope=audit.canary_scope,
+        mechanism_runs=audit.canary_mechanism_runs or 0,
     )
 
 
@@ -112,16 +114,26 @@ def run_audit(
     if "canary" in audit.attacks:
         t0 = time.perf_counter()
         settings = canary_settings(audit)
-        total = 2 * (settings.runs + settings.calibration_runs)
+        if settings.scope == "run":
+            total = 2 * (settings.runs + (settings.mechanism_runs or 50))
+        else:
+            total = 2 * (settings.runs + settings.calibration_runs)
         with _bar(total, "canary runs", progress) as step:
             canary = run_canary_audit(cfg, settings, progress=step)
         with _bar(6 * audit.control_runs, "canary controls", progress) as step:
             controls = canary_controls(cfg, settings, audit.control_runs, step)
         if canary["noise_check"] is not None:
             controls["noise_check"] = {
-                "expected": "OUT-score spread not below the noise the engine accounts for",
+                "expected": (
+                    "per-coordinate noise of the real releases not below the noise the engine "
+                    "logs and accounts for"
+                    if settings.scope == "run"
+                    else "OUT-score spread not below the noise the engine accounts for"
+                ),
                 **canary["noise_check"],
             }
+        if canary.get("signal_check") is not None:
+            controls["signal_check"] = canary["signal_check"]
         if canary["secure_identity"] is not None:
             controls["secure_identity"] = {
                 "expected": "releases bit-identical to the full secure aggregation protocol's",

@@ -1,4 +1,6 @@
-"""Canary-client audit of the release mechanism (DESIGN.md §5).
+"""Canary-client audit of the release mechanism (DESIGN.md §5): the one-release scope, and the
+stacks, adversary and controls both scopes share. The default scope, the canary in every release
+of a whole run against the run's ε, is :mod:`attacks.canary_run`.
 
 A planted client (client 0) contributes ``C·u`` — the largest change one client may make to a
 release, along a random unit direction ``u`` known to the auditor — in IN runs and a zero vector in
@@ -22,7 +24,8 @@ run on :class:`MaskFreeSecureAggregator` — the engine's SecureAggregator with 
 rounding and noise code, minus the masking session — and the audit re-runs the first runs through
 the full protocol and checks that the releases are bit-for-bit identical.
 
-Theory: the ε of one run's releases, from the stack's own privacy ledger after the first run (so
+Theory: the ε of one audit run's releases (here: ``releases`` releases of one channel, not the
+whole run), from the stack's own privacy ledger after the first run via ``_theory_epsilon`` (so
 the accountant accounts exactly what was implemented: Gaussian with RDP/PRV for central, Skellam
 with RDP for distributed). Without DP the theoretical ε is unbounded and the bound must reach the
 ceiling the run count allows — the audit's positive control.
@@ -51,15 +54,37 @@ from securedream.config import (
     config_from_dict,
     config_to_dict,
 )
+from securedream.privacy.accounting import PrivacyLedger
 from securedream.privacy.aggregator import DPAggregator
+from securedream.privacy.noise import NoiseSource
 from securedream.seeding import derive_seed, torch_generator
 
 Progress = Callable[[int], None]
 
+SCOPES = ("run", "release")
+
+
+def audited_adversary(placement: str) -> str:
+    """Which party of privacy.json's ``epsilon_by_adversary`` the canary test models.
+
+    The canary sees releases *with* all their noise: under central placement that is anyone who
+    observes the noisy outputs ("observer"; the server itself sees the exact sum, so it is not the
+    audited party); under distributed placement it is a party that knows none of the noise shares
+    ("server").
+    """
+    return "observer" if placement == "central" else "server"
+
+
+def _theory_epsilon(privacy: Any, adversary: str) -> float:
+    """ε of the releases recorded in ``privacy``'s ledger against ``adversary``: the entry of
+    ``epsilon_by_adversary`` that privacy.json shows for that party (same ledger code, same
+    accountant), so the audit's theory and the user's report are one number."""
+    return float(privacy.epsilon_by_adversary()[adversary])
+
 
 @dataclass(frozen=True)
 class CanarySettings:
-    runs: int = 100_000  # evaluation runs per side (IN and OUT)
+    runs: int = 1_000_000  # evaluation runs per side (IN and OUT); see DEFAULT_CANARY_RUNS
     calibration_runs: int = 10_000  # per side, only used to choose the threshold
     dim: int = 16  # length of each release vector
     releases: int = 1  # releases per run; the canary is in each and the score sums them
@@ -67,6 +92,12 @@ class CanarySettings:
     seed: int = 0
     channel: str = "dream_gradient"
     secure_check_runs: int = 16  # per side, re-run through the full protocol (secure stacks)
+    # "run": the canary in every release of a whole run (attacks.canary_run); "release": the
+    # fields above describe the audited releases (dim, releases, channel, calibration runs)
+    scope: str = "run"
+    # scope "run": whole runs per side through the real stack; 0 = enough for the noise check
+    # (attacks.canary_run.mechanism_runs_for)
+    mechanism_runs: int = 0
 
 
 class _UnmaskedSession:
@@ -115,43 +146,52 @@ class MaskFreeSecureAggregator(SecureAggregator):
 
 
 def audit_config(cfg: RunConfig, seed: int) -> RunConfig:
-    """The run's config as the audit runs it.
+    """The run's config with the audit's seed (the seed changes no privacy parameter: z, clips,
+    threshold and fixed-point scale depend on the rest of the config only)."""
+    return config_from_dict(apply_overrides(config_to_dict(cfg), [f"seed={seed}"]))
 
-    - the audit's seed, and noise/rounding keys derived from it rather than from os.urandom: the
-      distributions are the same, but runs are reproducible and the full-protocol check can compare
-      releases bit for bit;
-    - no dropouts: every release then has all clients and is the same mechanism (with distributed
-      DP a dropout removes a noise share, and the ledger accounts each release by its survivors).
+
+def audit_noise(seed: int) -> Callable[[int], NoiseSource]:
+    """Per-round DP noise keys derived from the audit's seed (see :func:`build_stack`)."""
+    return lambda round_index: NoiseSource.from_seed(seed, "canary-dp", round_index)
+
+
+def build_stack(
+    cfg: RunConfig, dim: int, *, mask_free: bool, seed: int, num_classes: int | None = None
+) -> tuple[Aggregator, Any]:
+    """(aggregator, RunPrivacy or None) as the audit runs them.
+
+    The config's own stack first (``build_aggregation``: same clips, z, secure-aggregation threshold
+    and fixed-point scale, hence the same ε), then rebuilt with
+    - no dropouts, planned or random, keeping the threshold t and degree the config derives
+      (dropouts change the survivors of a release and so its noise under distributed DP; the audit
+      audits the full-participation mechanism);
+    - rounding and DP noise keys derived from the audit's seed whatever the config's key setting:
+      the distributions are those of os.urandom keys, but runs are reproducible, so the
+      full-protocol check can compare releases bit for bit;
+    - the mask-free secure sum (:class:`MaskFreeSecureAggregator`) when ``mask_free``.
     """
-    raw = apply_overrides(
-        config_to_dict(cfg),
-        [
-            f"seed={seed}",
-            "secure_aggregation.dropout_rate=0.0",
-            "secure_aggregation.dropouts=[]",
-            "secure_aggregation.secure_rounding=false",
-            # a client-level DP key: only valid (and only meaningful) when DP is on
-            *(["privacy.reproducible_noise=true"] if cfg.privacy.placement != "off" else []),
-        ],
-    )
-    return config_from_dict(raw)
-
-
-def build_stack(cfg: RunConfig, dim: int, *, mask_free: bool) -> tuple[Aggregator, Any]:
-    """(aggregator, RunPrivacy or None); ``mask_free`` uses :class:`MaskFreeSecureAggregator`."""
-    stack, privacy = build_aggregation(cfg, dim=dim, num_classes=max(2, dim))
-    if mask_free:
-        inner = stack.inner if isinstance(stack, DPAggregator) else stack
-        if isinstance(inner, SecureAggregator):
-            fast = MaskFreeSecureAggregator(inner.num_clients, inner.settings)
-            if isinstance(stack, DPAggregator):
-                ledger = type(stack.ledger)(stack.ledger.accountant, stack.ledger.delta)
-                stack = DPAggregator(fast, stack.settings, ledger, stack.noise_for_round)
-                if privacy is not None:
-                    privacy.aggregator = stack
-                    privacy.ledger = ledger
-            else:
-                stack = fast
+    stack, privacy = build_aggregation(cfg, dim=dim, num_classes=num_classes or max(2, dim))
+    dp = stack if isinstance(stack, DPAggregator) else None
+    inner = dp.inner if dp is not None else stack
+    if isinstance(inner, SecureAggregator):
+        settings = dataclasses.replace(
+            inner.settings,
+            threshold=inner.threshold,
+            degree=inner.config.k,
+            dropout_rate=0.0,
+            planned=(),
+            secure_rounding=False,
+            seed=seed,
+        )
+        kind = MaskFreeSecureAggregator if mask_free else SecureAggregator
+        inner = kind(inner.num_clients, settings)
+    if dp is None:
+        return inner, None
+    ledger = PrivacyLedger(dp.ledger.accountant, dp.ledger.delta)
+    stack = DPAggregator(inner, dp.settings, ledger, audit_noise(seed))
+    privacy.aggregator = stack
+    privacy.ledger = ledger
     return stack, privacy
 
 
@@ -178,7 +218,9 @@ class CanaryExperiment:
         self.settings = settings
         self.channel = Channel(settings.channel)
         self.cfg = audit_config(cfg, derive_seed(settings.seed, "canary") % (2**31))
-        self.stack, self.privacy = build_stack(self.cfg, settings.dim, mask_free=mask_free)
+        self.stack, self.privacy = build_stack(
+            self.cfg, settings.dim, mask_free=mask_free, seed=self.cfg.seed
+        )
         self.private = self.privacy is not None
         p = self.cfg.privacy
         # the largest change one client can make: its clip norm under DP; otherwise a unit vector
@@ -204,6 +246,7 @@ class CanaryExperiment:
             self.others[k] = (v / torch.linalg.vector_norm(v) * (self.clip / 2)).to(torch.float32)
         self.known = sum(self.others.values(), torch.zeros(settings.dim))
         self.eps_theory: float | None = None
+        self.adversary = audited_adversary(p.placement) if self.private else None
         self.expected_score_std: float | None = None
         self._next_round = 0
 
@@ -226,7 +269,7 @@ class CanaryExperiment:
         finally:
             stack.end_round()
         if self.eps_theory is None and self.private:
-            self.eps_theory = float(self.privacy.ledger.epsilon())
+            self.eps_theory = _theory_epsilon(self.privacy, self.adversary)
             # the noise std the engine says it added to each release, in units of C
             log = self.stack.noise_std_log[-self.settings.releases :]  # type: ignore[attr-defined]
             self.expected_score_std = math.sqrt(sum((s / self.clip) ** 2 for s in log))
@@ -245,8 +288,8 @@ class CanaryExperiment:
         """Re-run the first ``runs`` rounds of each side through the full protocol stack."""
         if not self.cfg.secure_aggregation.enabled or runs == 0:
             return None
-        fast, _ = build_stack(self.cfg, self.settings.dim, mask_free=True)
-        full, _ = build_stack(self.cfg, self.settings.dim, mask_free=False)
+        fast, _ = build_stack(self.cfg, self.settings.dim, mask_free=True, seed=self.cfg.seed)
+        full, _ = build_stack(self.cfg, self.settings.dim, mask_free=False, seed=self.cfg.seed)
         max_diff = 0.0
         identical = True
         start = time.perf_counter()
@@ -270,8 +313,16 @@ def run_canary_audit(
     *,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """The full audit: calibrate, evaluate, bound, theory, identity check; JSON-able result."""
+    """The full audit: calibrate, evaluate, bound, theory, identity check; JSON-able result.
+
+    ``settings.scope == "run"`` hands over to :mod:`attacks.canary_run` (imported here: it builds
+    on this module).
+    """
     _validate(settings)
+    if settings.scope == "run":
+        from attacks.canary_run import run_canary_run_audit
+
+        return run_canary_run_audit(cfg, settings, progress=progress)
     start = time.perf_counter()
     exp = CanaryExperiment(cfg, settings)
     delta = exp.cfg.privacy.delta
@@ -294,6 +345,8 @@ def run_canary_audit(
     z = exp.privacy.noise_multiplier if exp.private else 0.0
     ceiling = epsilon_ceiling(settings.runs, delta=delta, confidence=settings.confidence)
     result: dict[str, Any] = {
+        "scope": "release",
+        "adversary": exp.adversary,
         "eps_lower_bound": bound.eps_lower_bound,
         "eps_theory": exp.eps_theory,
         "eps_theory_note": (
@@ -305,6 +358,7 @@ def run_canary_audit(
         "eps_ceiling": ceiling,
         "runs": settings.runs,
         "calibration_runs": settings.calibration_runs,
+        "threshold_method": "chosen on separate calibration runs",
         "confidence": settings.confidence,
         "delta": delta,
         "releases_per_run": settings.releases,
@@ -382,22 +436,30 @@ def canary_negative_control(
         delta=delta,
         confidence=settings.confidence,
     )
+    return negative_control_result(bound.eps_lower_bound, settings.runs)
+
+
+def negative_control_result(eps_lower_bound: float, runs: int) -> dict[str, Any]:
     return {
         "expected": "ε lower bound = 0 when no run contains the canary",
-        "eps_lower_bound": bound.eps_lower_bound,
-        "runs": settings.runs,
-        "passed": bound.eps_lower_bound == 0.0,
+        "eps_lower_bound": eps_lower_bound,
+        "runs": runs,
+        "passed": eps_lower_bound == 0.0,
     }
+
+
+def without_noise(cfg: RunConfig) -> RunConfig:
+    """The same config with DP off: the positive control's mechanism."""
+    raw = client_dp_off(apply_overrides(config_to_dict(cfg), ['privacy.placement="off"']))
+    return config_from_dict(raw)
 
 
 def canary_positive_control(
     cfg: RunConfig, settings: CanarySettings, progress: Progress | None = None
 ) -> dict[str, Any]:
     """The same mechanism without noise (plain sum): the bound must reach the run-count ceiling."""
-    raw = client_dp_off(apply_overrides(config_to_dict(cfg), ['privacy.placement="off"']))
-    plain_cfg = config_from_dict(raw)
     result = run_canary_audit(
-        plain_cfg, dataclasses.replace(settings, secure_check_runs=0), progress=progress
+        without_noise(cfg), dataclasses.replace(settings, secure_check_runs=0), progress=progress
     )
     ceiling = result["eps_ceiling"]
     return {
@@ -410,6 +472,10 @@ def canary_positive_control(
 
 
 def _validate(settings: CanarySettings) -> None:
+    if settings.scope not in SCOPES:
+        raise ValueError(f"canary scope must be one of {list(SCOPES)}, got {settings.scope!r}")
+    if settings.mechanism_runs < 0:
+        raise ValueError("canary mechanism runs must be >= 0 (0 = automatic)")
     if settings.runs < 1 or settings.calibration_runs < 1:
         raise ValueError("canary runs and calibration runs must be >= 1")
     if settings.dim < 1 or settings.releases < 1:

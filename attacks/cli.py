@@ -17,7 +17,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from attacks.config import ATTACKS, CHANNELS, AuditConfig, flag_help, parse_attacks, validate
+from attacks.config import (
+    ATTACKS,
+    CANARY_SCOPES,
+    CHANNELS,
+    AuditConfig,
+    flag_help,
+    parse_attacks,
+    validate,
+)
 from securedream.errors import ConfigError, SecureDreamError
 
 EXIT_OK = 0
@@ -66,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     ints = (
         ("--seed", "seed"),
         ("--canary-runs", "canary_runs"),
+        ("--canary-mechanism-runs", "canary_mechanism_runs"),
         ("--canary-calibration-runs", "canary_calibration_runs"),
         ("--canary-dim", "canary_dim"),
         ("--canary-releases", "canary_releases"),
@@ -82,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, name in ints:
         p.add_argument(flag, dest=name, metavar="N", help=flag_help(name))
     p.add_argument("--confidence", dest="confidence", metavar="C", help=flag_help("confidence"))
+    p.add_argument(
+        "--canary-scope",
+        dest="canary_scope",
+        metavar="|".join(CANARY_SCOPES),
+        help=flag_help("canary_scope"),
+    )
     p.add_argument(
         "--canary-channel",
         dest="canary_channel",
@@ -118,6 +133,7 @@ def audit_config_from_args(args: argparse.Namespace) -> AuditConfig:
     for name in (
         "seed",
         "canary_runs",
+        "canary_mechanism_runs",
         "canary_calibration_runs",
         "canary_dim",
         "canary_releases",
@@ -140,6 +156,8 @@ def audit_config_from_args(args: argparse.Namespace) -> AuditConfig:
         values["confidence"] = conf
     if args.canary_channel is not None:
         values["canary_channel"] = args.canary_channel
+    if args.canary_scope is not None:
+        values["canary_scope"] = args.canary_scope
     return validate(AuditConfig(**values))  # type: ignore[arg-type]
 
 
@@ -260,7 +278,8 @@ def summary_lines(results: dict) -> str:
         c = results["canary"]
         theory = "∞" if c["eps_theory"] is None else num(c["eps_theory"])
         lines.append(
-            f"canary: ε ≥ {num(c['eps_lower_bound'])} (theory {theory}, "
+            f"canary ({c.get('scope', 'release')} scope, adversary "
+            f"{c.get('adversary') or 'none'}): ε ≥ {num(c['eps_lower_bound'])} (theory {theory}, "
             f"ceiling {num(c['eps_ceiling'])}, {c['runs']} runs/side, {c['confidence']:.0%})"
         )
     if "mia" in results:

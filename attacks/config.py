@@ -14,6 +14,10 @@ from securedream.errors import ConfigError
 
 ATTACKS = ("canary", "mia", "recon", "labels")
 CHANNELS = ("dream_gradient", "logits")
+CANARY_SCOPES = ("run", "release")
+# evaluation runs per side when --canary-runs is not given: the run scope's runs are cheap
+# statistics runs (attacks.canary_run), the release scope's go through the engine's stack
+DEFAULT_CANARY_RUNS = {"run": 1_000_000, "release": 100_000}
 
 
 def _spec(
@@ -53,25 +57,51 @@ class AuditConfig:
         help="confidence of every interval and of the ε lower bound",
     )
     # canary audit
-    canary_runs: int = _spec(
-        100_000, "--canary-runs", 10, 10_000_000, help="evaluation runs per side (IN and OUT)"
+    canary_scope: str = _spec(
+        "run",
+        "--canary-scope",
+        choices=CANARY_SCOPES,
+        help="run: the canary in every release of a whole run, bound against the run's ε; "
+        "release: the --canary-releases releases of one channel",
+    )
+    canary_runs: int | None = _spec(
+        None,
+        "--canary-runs",
+        10,
+        10_000_000,
+        help="evaluation runs per side (IN and OUT); default "
+        + ", ".join(f"{n:_} for scope {s}" for s, n in DEFAULT_CANARY_RUNS.items()),
+    )
+    canary_mechanism_runs: int | None = _spec(
+        None,
+        "--canary-mechanism-runs",
+        1,
+        100_000,
+        help="scope run: whole runs per side through the engine's real stack (the checks); "
+        "default: enough for 2.5 million noise coordinates a side, between 2 and 50",
     )
     canary_calibration_runs: int = _spec(
         10_000,
         "--canary-calibration-runs",
         10,
         10_000_000,
-        help="runs per side used only to choose the threshold",
+        help="scope release: runs per side used only to choose the threshold",
     )
-    canary_dim: int = _spec(16, "--canary-dim", 1, 1_000_000, help="length of each release")
+    canary_dim: int = _spec(
+        16, "--canary-dim", 1, 1_000_000, help="scope release: length of each release"
+    )
     canary_releases: int = _spec(
-        1, "--canary-releases", 1, 100_000, help="releases per run (canary in each; scores summed)"
+        1,
+        "--canary-releases",
+        1,
+        100_000,
+        help="scope release: releases per run (canary in each; scores summed)",
     )
     canary_channel: str = _spec(
         "dream_gradient",
         "--canary-channel",
         choices=CHANNELS,
-        help="whose clip norm C the canary uses",
+        help="scope release: whose clip norm C the canary uses",
     )
     control_runs: int = _spec(
         1000, "--control-runs", 10, 1_000_000, help="runs per side of the canary controls"
@@ -97,6 +127,10 @@ class AuditConfig:
     recon_permutations: int = _spec(
         1000, "--recon-permutations", 1, 1_000_000, help="re-splits in the reconstruction null"
     )
+
+    def resolved_canary_runs(self) -> int:
+        """``--canary-runs``, or the scope's default when it was not given."""
+        return self.canary_runs or DEFAULT_CANARY_RUNS[self.canary_scope]
 
     def needs_target(self) -> bool:
         return any(a in self.attacks for a in ("mia", "recon", "labels"))
@@ -125,7 +159,7 @@ def validate(cfg: AuditConfig) -> AuditConfig:
             if len(set(value)) != len(value):
                 raise ConfigError(flag, f"lists an attack twice: {','.join(value)}")
             continue
-        if isinstance(value, bool):
+        if isinstance(value, bool) or value is None:
             continue
         if meta["choices"] is not None:
             if value not in meta["choices"]:
@@ -134,10 +168,10 @@ def validate(cfg: AuditConfig) -> AuditConfig:
         low, high = meta["low"], meta["high"]
         if (low is not None and value < low) or (high is not None and value > high):
             raise ConfigError(flag, f"must be in {_range_text(dict(meta))}, got {value!r}")
-    if cfg.canary_calibration_runs > 10 * cfg.canary_runs:
+    if cfg.canary_calibration_runs > 10 * cfg.resolved_canary_runs():
         raise ConfigError(
             "--canary-calibration-runs",
-            f"must be at most 10 × --canary-runs = {10 * cfg.canary_runs}",
+            f"must be at most 10 × --canary-runs = {10 * cfg.resolved_canary_runs()}",
         )
     return cfg
 
@@ -155,5 +189,7 @@ def flag_help(name: str) -> str:
     bits = [meta["help"]] if meta["help"] else []
     if meta["low"] is not None:
         bits.append(f"range {_range_text(dict(meta))}")
-    bits.append(f"default {f.default if not isinstance(f.default, tuple) else ','.join(f.default)}")
+    if f.default is not None:
+        default = f.default if not isinstance(f.default, tuple) else ",".join(f.default)
+        bits.append(f"default {default}")
     return "; ".join(bits)

@@ -5,10 +5,12 @@ one is certain (positive control), and whose attacks find something is only info
 code finds nothing where nothing can leak (negative control). Every control returns ``passed`` and
 what it expected; :func:`failed_controls` lists the failures and the CLI exits non-zero on any.
 
-- canary: positive = the mechanism without noise (plain sum) must reach the run-count ceiling;
+- canary: positive = the mechanism without noise (plain sum) must reach the run-count ceiling
+  (scope run: whole runs through the engine's real stack at the run's release lengths);
   negative = OUT runs against OUT runs must give an ε lower bound of exactly 0. The noise check
   (observed spread of OUT scores vs the noise the engine says it added) must not show *less*
-  noise than accounted, and secure stacks must give releases identical to the full protocol's.
+  noise than accounted, and secure stacks must give releases identical to the full protocol's;
+  in scope run the canary must move each release by exactly C (signal check).
 - membership: positive = a model of client 0's architecture overfitted on a small set without any
   protection (loss attack AUC ≥ 0.75 with its lower limit above 0.6); negative = the target's own
   client model on two random halves of images no client holds (AUC's 99.9% interval contains 0.5).
@@ -46,6 +48,13 @@ def canary_controls(
     small = dataclasses.replace(
         settings, runs=runs, calibration_runs=max(10, runs // 2), secure_check_runs=0
     )
+    if settings.scope == "run":
+        from attacks.canary_run import run_negative_control, run_positive_control
+
+        return {
+            "positive": run_positive_control(cfg, small, progress),
+            "negative": run_negative_control(cfg, small, progress),
+        }
     return {
         "positive": canary_positive_control(cfg, small, progress),
         "negative": canary_negative_control(cfg, small, progress),

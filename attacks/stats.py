@@ -211,3 +211,39 @@ def bound_at_threshold(
     fp = int(np.count_nonzero(s_out >= threshold))
     fn = int(np.count_nonzero(s_in < threshold))
     return epsilon_lower_bound(fp, s_out.size, fn, s_in.size, delta=delta, confidence=confidence)
+
+
+def gaussian_threshold(
+    shift: float,
+    std: float,
+    *,
+    runs_in: int,
+    runs_out: int,
+    delta: float,
+    confidence: float = 0.95,
+    points: int = 4001,
+) -> float:
+    """Threshold (score ≥ t means IN) maximising the bound expected for OUT ~ N(0, std²) and
+    IN ~ N(shift, std²) with ``runs_in``/``runs_out`` evaluation runs.
+
+    Chosen from the *accounted* noise alone, before any score is drawn: the threshold depends on no
+    evaluation score, so :func:`bound_at_threshold` stays a valid bound whatever the real score
+    distributions are (a wrong model costs power, never soundness), and no runs are spent on
+    calibration. The expected error counts are rounded to integers and scored with the same
+    Clopper–Pearson limits as the real bound, so a tail too sparse for the run count is never
+    preferred. Without noise (``std`` = 0) any threshold strictly between 0 and ``shift`` separates
+    the sides; the midpoint is returned.
+    """
+    from scipy.stats import norm
+
+    if std < 0 or not math.isfinite(std):
+        raise ValueError(f"std must be finite and >= 0, got {std!r}")
+    if std == 0:
+        return shift / 2
+    # both tails: a high threshold bounds ε through FPR, a low one through FNR
+    z = np.linspace(-9.0, shift / std + 9.0, points)
+    fp = np.round(runs_out * norm.sf(z))
+    fn = np.round(runs_in * norm.cdf(z - shift / std))
+    bounds = _bounds_for_counts(fp, fn, runs_out, runs_in, delta, confidence)
+    best = np.flatnonzero(bounds >= bounds.max() - 1e-12)
+    return float(z[best[len(best) // 2]] * std)

@@ -1,4 +1,7 @@
-"""The canary-client audit of the release mechanism, on the engine's own aggregation stacks."""
+"""The canary-client audit of one release (``--canary-scope release``) on the engine's own stacks.
+
+The run scope (the default) is tested in test_audit_canary_run.py.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +17,13 @@ from attacks.canary import (
     canary_positive_control,
     run_canary_audit,
 )
-from attacks.config import AuditConfig
+from attacks.config import DEFAULT_CANARY_RUNS, AuditConfig
 from attacks.stats import epsilon_ceiling
 from securedream.privacy.accounting import GaussianRelease, gaussian_epsilon, noise_for_epsilon
 
-SMALL = CanarySettings(runs=1500, calibration_runs=750, secure_check_runs=0)
+SMALL = CanarySettings(runs=1500, calibration_runs=750, secure_check_runs=0, scope="release")
+# the release scope's defaults, as `securedream audit --canary-scope release` sets them
+RELEASE = CanarySettings(runs=DEFAULT_CANARY_RUNS["release"], scope="release")
 
 
 def _dp(placement: str, z: float, accountant: str = "rdp", secure: bool = False):
@@ -33,7 +38,8 @@ def _dp(placement: str, z: float, accountant: str = "rdp", secure: bool = False)
 def test_default_runs_reach_half_of_epsilon_two():
     """ε = 2 for one release (PRV, the tight accountant): the default run count certifies ≥ 1."""
     z = noise_for_epsilon(2.0, 1e-5, 1, "prv")
-    result = run_canary_audit(_dp("central", z, "prv"), CanarySettings(secure_check_runs=0))
+    settings = dataclasses.replace(RELEASE, secure_check_runs=0)
+    result = run_canary_audit(_dp("central", z, "prv"), settings)
     assert result["eps_theory"] == pytest.approx(2.0, abs=0.02)
     assert result["runs"] == 100_000
     assert 1.0 <= result["eps_lower_bound"] <= result["eps_theory"]
@@ -49,6 +55,7 @@ def test_lower_bound_never_exceeds_theory_over_seeds(z):
     for seed in range(6):
         result = run_canary_audit(cfg, dataclasses.replace(SMALL, seed=seed))
         assert result["eps_theory"] == pytest.approx(theory)
+        assert (result["scope"], result["adversary"]) == ("release", "observer")
         bounds.append(result["eps_lower_bound"])
     assert max(bounds) <= theory
     assert min(bounds) > 0  # the audit is not vacuous at these noise levels
@@ -66,7 +73,7 @@ def test_distributed_dp_bound_below_theory_and_releases_match_the_protocol():
 
 def test_secure_central_releases_are_bit_identical_to_the_full_protocol():
     cfg = _dp("central", 1.0, secure=True)
-    exp = CanaryExperiment(cfg, CanarySettings(runs=10, calibration_runs=10))
+    exp = CanaryExperiment(cfg, dataclasses.replace(SMALL, runs=10, calibration_runs=10))
     check = exp.check_secure_identity(6)
     assert check["identical"] is True and check["max_abs_difference"] == 0.0
 
@@ -120,8 +127,12 @@ def test_multiple_releases_sum_and_theory_composes():
 
 def test_audit_config_defaults_match_the_canary_defaults():
     a, c = AuditConfig(), CanarySettings()
-    assert (a.canary_runs, a.canary_calibration_runs, a.canary_dim) == (
-        c.runs,
+    assert (a.canary_scope, c.scope) == ("run", "run")
+    assert (a.canary_mechanism_runs, c.mechanism_runs) == (None, 0)  # both: automatic
+    assert a.resolved_canary_runs() == c.runs
+    release = AuditConfig(canary_scope="release")
+    assert release.resolved_canary_runs() == RELEASE.runs == 100_000
+    assert (a.canary_calibration_runs, a.canary_dim) == (
         c.calibration_runs,
         c.dim,
     )
@@ -136,7 +147,7 @@ def test_audit_config_defaults_match_the_canary_defaults():
 def test_default_runs_on_distributed_dp_at_epsilon_two():
     """The distributed (Skellam) stack at ε = 2 per release, default run count (about 2 minutes)."""
     z = noise_for_epsilon(2.0, 1e-5, 1, "rdp")
-    result = run_canary_audit(_dp("distributed", z, secure=True), CanarySettings())
+    result = run_canary_audit(_dp("distributed", z, secure=True), RELEASE)
     assert 0.5 <= result["eps_lower_bound"] <= result["eps_theory"]
     assert result["secure_identity"]["identical"] is True
     assert result["noise_check"]["passed"]  # never less noise than accounted

@@ -17,6 +17,7 @@ from securedream.cli import main as securedream_main
 
 FAST = [
     "--canary-runs", "300", "--canary-calibration-runs", "100", "--control-runs", "100",
+    "--canary-mechanism-runs", "3",
     "--secure-check-runs", "2", "--shadows", "2", "--candidates", "64",
     "--inversion-steps", "20", "--inversion-images", "4", "--gallery", "3", "--quiet",
 ]  # fmt: skip
@@ -40,6 +41,8 @@ def _tiny_sets(*extra: str) -> list[str]:
         (["--shadows", "0"], "--shadows: must be in [1, 10000]"),
         (["--recon-permutations", "0"], "--recon-permutations: must be in [1, 1000000]"),
         (["--canary-channel", "pixels"], "--canary-channel: must be one of"),
+        (["--canary-scope", "round"], "--canary-scope: must be one of ['run', 'release']"),
+        (["--canary-mechanism-runs", "0"], "--canary-mechanism-runs: must be in [1, 100000]"),
         (["--inversion-client", "5"], "--inversion-client: must be in [0, 1] for this run"),
         (["--set", "clients.count=0"], "clients.count"),
         (["--set", "method=fedavg"], "method: the audits need method = codream"),
@@ -82,6 +85,9 @@ def test_end_to_end_secure_dp_config_through_the_engine_cli(tmp_path, capsys):
     assert canary["runs"] == 300 and canary["confidence"] == 0.95
     assert 0 <= canary["eps_lower_bound"] <= canary["eps_theory"]
     assert canary["mechanism"]["dp_placement"] == "distributed"
+    assert (canary["scope"], canary["adversary"]) == ("run", "server")
+    assert canary["releases_per_run"] == 4  # tiny: one round of 3 dream steps + 1 soft-label
+    assert data["controls"]["canary"]["signal_check"]["passed"] is True
     assert data["status"] == "ok" and data["failed_controls"] == []
     assert data["mia"]["dreams"]["relation"] == "any"  # secure: only the aggregate
     assert "secure" in data["labels"]["view"]
@@ -91,6 +97,7 @@ def test_end_to_end_secure_dp_config_through_the_engine_cli(tmp_path, capsys):
     assert "data:image/png;base64," in html and 'src="plots/' not in html
     md = (out / "report.md").read_text()
     assert "Canary-client audit" in md and "Membership inference" in md
+    assert "| run | server |" in md  # the canary table shows scope and adversary
     for name in ("canary", "roc_models_own", "roc_dreams", "gaps", "gallery_dreams", "labels"):
         assert (out / "plots" / f"{name}.png").is_file()
     # a second audit into the same folder is refused without --force
@@ -108,7 +115,23 @@ def test_audit_of_a_finished_run_with_a_subset_of_attacks(tmp_path, capsys):
     assert "unbounded" in data["canary"]["eps_theory_note"]
     assert not (out / "target-run").exists()  # the given run is audited, not retrained
     printed = capsys.readouterr().out
-    assert "canary: ε ≥" in printed and "controls: all passed" in printed
+    assert "canary (run scope, adversary none): ε ≥" in printed
+    assert "controls: all passed" in printed
+
+
+def test_release_scope_keeps_the_one_release_audit(tmp_path, capsys):
+    out = tmp_path / "audit"
+    dp = ('privacy.placement="central"', "privacy.noise_multiplier=2.0")
+    argv = ["--preset", "smoke", *_tiny_sets(*dp), "--attacks", "canary", "--out", str(out)]
+    assert audit_main([*argv, *FAST, "--canary-scope", "release"]) == 0, capsys.readouterr().err
+    canary = json.loads((out / "audit.json").read_text())["canary"]
+    assert (canary["scope"], canary["adversary"], canary["releases_per_run"]) == (
+        "release",
+        "observer",
+        1,
+    )
+    assert canary["calibration_runs"] == 100 and canary["dim"] == 16
+    assert "| release | observer |" in (out / "report.md").read_text()
 
 
 def test_a_failing_control_fails_loudly(tmp_path, capsys, monkeypatch):
