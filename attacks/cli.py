@@ -159,9 +159,9 @@ def _check_sources(args: argparse.Namespace) -> None:
         )
     if args.run and not (Path(args.run) / "config.toml").is_file():
         raise ConfigError("--run", f"{args.run} is not a run folder (no config.toml)")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError("--out", f"{out} exists and is not a folder")
+    from securedream.runs.folder import check_out_path
+
+    out = check_out_path(args.out)
     if (out / "audit.json").exists() and not args.force:
         raise ConfigError(
             "--out", f"{out} already holds an audit; choose another folder or pass --force"
@@ -231,8 +231,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SecureDreamError as exc:
         print(f"securedream audit: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:
+        where = exc.filename if exc.filename is not None else out
+        print(f"securedream audit: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        print("securedream audit: interrupted", file=sys.stderr)
+        print(
+            f"securedream audit: interrupted; partial results in {out} are incomplete, run the "
+            "same command with --force to start the audit again",
+            file=sys.stderr,
+        )
         return 130
     files = write_report(results, out)
     print(summary_lines(results))
