@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import shlex
 import sys
 import time
@@ -235,8 +234,6 @@ def quiet_library_warnings() -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
     warnings.filterwarnings("ignore", message=r".*[Ss]ecure RNG turned off.*")
     warnings.filterwarnings("ignore", message=r".*[Ff]ull backward hook.*")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 
 
 def _cmd_presets() -> int:
