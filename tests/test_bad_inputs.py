@@ -15,22 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from resume_support import TINY
 
 from attacks.cli import main as audit_main
 from securedream.cli import main
 from securedream.config import config_to_toml, load_config, resolve_config
 from securedream.engines.inprocess import run_experiment
-
-TINY = [
-    "rounds=2",
-    "dreams.global_steps=2",
-    "dreams.batch_size=8",
-    "data.samples_per_client=40",
-    "distill.epochs=1",
-    "clients.warmup_epochs=0",
-    "threads=1",
-]
-TINY_ARGS = [arg for item in TINY for arg in ("--set", item)]
 
 
 def _one_line_error(err: str, fragment: str) -> None:

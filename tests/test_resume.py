@@ -6,22 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+from resume_support import TINY, run_args
 
 from securedream.cli import main
 from securedream.config import resolve_config
 from securedream.engines import inprocess
 from securedream.runs import RunFolder
 
-TINY = [
-    "rounds=2",
-    "dreams.global_steps=2",
-    "dreams.batch_size=8",
-    "data.samples_per_client=40",
-    "distill.epochs=1",
-    "clients.warmup_epochs=0",
-    "threads=1",
-]
-RUN = ["run", "--preset", "smoke", *[a for item in TINY for a in ("--set", item)], "--quiet"]
+RUN = run_args()
 
 
 def _accuracies(folder: Path) -> list[list[float]]:

@@ -23,22 +23,13 @@ import time
 from pathlib import Path
 
 import pytest
+from resume_support import run_args
 
 from securedream.cli import main
 from securedream.runs import atomic
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "rounds=3",
-    "dreams.global_steps=2",
-    "dreams.batch_size=8",
-    "data.samples_per_client=40",
-    "distill.epochs=1",
-    "distill.buffer_batches=2",
-    "clients.warmup_epochs=0",
-    "threads=1",
-]
-RUN = ["run", "--preset", "smoke", *[a for item in TINY for a in ("--set", item)], "--quiet"]
+RUN = run_args("rounds=3")
 
 
 def _metrics(folder: Path) -> list[dict]:

@@ -229,6 +229,8 @@ def _run_locked(
     exp = Experiment(cfg, aggregator=aggregator)
     start_round = 0
     elapsed_before = 0.0
+    if resume:
+        folder.recover()  # finish or undo a checkpoint commit a crash interrupted
     if resume and folder.has_checkpoint():
         start_round, elapsed_before = _restore(exp, folder, cfg)
     else:

@@ -255,7 +255,7 @@ class RunFolder:
                 return folder
         return None
 
-    def _recover(self) -> None:
+    def recover(self) -> None:
         """Finish or undo a checkpoint commit that a crash interrupted; drop leftovers."""
         found = self._committed_checkpoint()
         main = self.path / CHECKPOINT
@@ -270,7 +270,7 @@ class RunFolder:
 
     def save_checkpoint(self, tensors: dict[str, Any], meta: dict[str, Any]) -> None:
         """Write a whole new checkpoint and commit it in place of the old one (see module doc)."""
-        self._recover()
+        self.recover()
         config = config_to_dict(load_config(self.config_path))
         size = self.metrics_path.stat().st_size
         meta = {
