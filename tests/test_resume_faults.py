@@ -6,7 +6,7 @@ tests do it in-process (``SECUREDREAM_FAULT_MODE=raise``: an exception that noth
 cleans files for, so the disk is left as a kill leaves it) at the instants that matter most and at
 one random instant. The slow sweep stops the run before *every* file operation of a 3-round run
 (64 instants, in-process), kills real processes (``os._exit``) before 6 random ones, and SIGKILLs
-3 real runs at random times. Run the sweep (about 5 min on 2 shared cores) with::
+3 real runs at random times. Run the sweep (13 min on 2 shared cores at load 8) with::
 
     python -m pytest -q -m slow tests/test_resume_faults.py
 """
