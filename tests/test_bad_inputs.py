@@ -22,6 +22,8 @@ from securedream.cli import main
 from securedream.config import config_to_toml, load_config, resolve_config
 from securedream.engines.inprocess import run_experiment
 
+TINY_SETS = [arg for item in TINY for arg in ("--set", item)]
+
 
 def _one_line_error(err: str, fragment: str) -> None:
     lines = [line for line in err.splitlines() if line.strip()]
@@ -58,6 +60,15 @@ def _cli_cases(tmp: Path) -> list[tuple[str, list[str], str]]:
             "privacy noise for a tiny epsilon",
             ["privacy", "noise", "--preset", "smoke", "--target-epsilon", "0.0001"],
             "--target-epsilon",
+        ),
+        (
+            "privacy.max_epsilon below one round",
+            [
+                *("run", "--preset", "smoke", "--out", str(tmp / "mx"), *TINY_SETS),
+                *("--set", "privacy.max_epsilon=0.0001", "--set", 'privacy.placement="central"'),
+                *("--set", "privacy.noise_multiplier=1"),
+            ],
+            "privacy.max_epsilon",
         ),
         ("--out below a file", ["run", "--preset", "smoke", "--out", str(a_file / "r")], "--out"),
         ("--out is a file", ["run", "--preset", "smoke", "--out", str(a_file)], "--out"),

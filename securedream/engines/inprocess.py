@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from securedream.aggregation import Aggregator
 from securedream.config import RunConfig, config_to_dict
-from securedream.errors import RunFolderError
+from securedream.errors import ConfigError, RunFolderError
 from securedream.privacy.engine import PrivacyBudgetExhausted
 from securedream.rounds.baselines import fedavg_round, independent_round
 from securedream.rounds.codream import codream_round
@@ -254,6 +254,10 @@ def _run_locked(
             report = run_one_round(exp, round_index, lambda _step, bar=steps_bar: bar.update(1))
         except PrivacyBudgetExhausted as exc:
             stopped = str(exc)
+            if not records:
+                raise ConfigError(
+                    "privacy.max_epsilon", f"too small for even one round: {stopped}"
+                ) from None
             print(f"securedream: {stopped}", file=sys.stderr)
             break
         finally:
