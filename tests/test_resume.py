@@ -96,3 +96,18 @@ def test_dream_grid_labels_and_atomic_write(tmp_path, cells) -> None:
     with Image.open(path) as image:
         assert image.size[0] >= 64 and image.size[1] >= 64 + 12
     assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # no temporary file left
+
+
+def test_cli_hides_library_warnings_a_user_cannot_act_on() -> None:
+    import warnings
+
+    from securedream.cli import quiet_library_warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_library_warnings()
+        for module in ("opacus.privacy_engine", "torch.nn.modules.module", "flwr.simulation"):
+            warnings.warn_explicit("noise", UserWarning, "x.py", 1, module=module)
+            warnings.warn_explicit("old", DeprecationWarning, "x.py", 1, module=module)
+        warnings.warn_explicit("no BatchNorm layers", UserWarning, "x.py", 1, module="securedream")
+    assert [str(w.message) for w in caught] == ["no BatchNorm layers"]
