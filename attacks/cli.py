@@ -177,9 +177,9 @@ def _check_sources(args: argparse.Namespace) -> None:
         )
     if args.run and not (Path(args.run) / "config.toml").is_file():
         raise ConfigError("--run", f"{args.run} is not a run folder (no config.toml)")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError("--out", f"{out} exists and is not a folder")
+    from securedream.runs.folder import check_out_path
+
+    out = check_out_path(args.out)
     if (out / "audit.json").exists() and not args.force:
         raise ConfigError(
             "--out", f"{out} already holds an audit; choose another folder or pass --force"
@@ -212,6 +212,43 @@ def _resolve(args: argparse.Namespace, audit: AuditConfig):  # type: ignore[no-u
     return cfg
 
 
+def audit_plan(audit: AuditConfig, cfg: object, run_dir: str | None) -> str:
+    """The stages the audit will run, in order, with their size and what time to expect.
+
+    Shadow training dominates: each shadow is a whole run of the target's config, so the target
+    run's own wall time (from its summary.json, when there is one) times the shadow count is the
+    honest estimate.
+    """
+    import json
+
+    target_seconds = None
+    if run_dir is not None and (Path(run_dir) / "summary.json").is_file():
+        summary = json.loads((Path(run_dir) / "summary.json").read_text("utf-8"))
+        target_seconds = float(summary.get("timing", {}).get("seconds", 0.0)) or None
+    per_run = (
+        f"about {target_seconds:.0f} s each, as the target run took"
+        if target_seconds
+        else "each about as long as the target run"
+    )
+    lines = ["audit stages:"]
+    if audit.needs_target() and run_dir is None:
+        lines.append(f"  train the target run ({cfg.rounds} rounds) into --out/target-run")  # type: ignore[attr-defined]
+    if "canary" in audit.attacks:
+        runs = 2 * (audit.canary_runs + audit.canary_calibration_runs)
+        lines.append(f"  canary: {runs} mechanism runs, 85-500 µs each (see docs/audits.md)")
+    if "mia" in audit.attacks:
+        total = f", ≈ {audit.shadows * target_seconds / 60:.0f} min" if target_seconds else ""
+        lines.append(f"  membership inference: {audit.shadows} shadow runs ({per_run}){total}")
+    if "recon" in audit.attacks:
+        lines.append(
+            f"  reconstruction: DeepInversion {audit.inversion_images} images × "
+            f"{audit.inversion_steps} steps, nearest training images"
+        )
+    if "labels" in audit.attacks:
+        lines.append("  label inference from the dreams' soft labels")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -234,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(threads)
     out = Path(args.out)
+    if not args.quiet:
+        print(audit_plan(audit, cfg, args.run), file=sys.stderr)
     try:
         if args.force and not args.run and (out / "target-run").exists():
             import shutil
@@ -249,8 +288,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SecureDreamError as exc:
         print(f"securedream audit: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:
+        where = exc.filename if exc.filename is not None else out
+        print(f"securedream audit: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        print("securedream audit: interrupted", file=sys.stderr)
+        print(
+            f"securedream audit: interrupted; partial results in {out} are incomplete, run the "
+            "same command with --force to start the audit again",
+            file=sys.stderr,
+        )
         return 130
     files = write_report(results, out)
     print(summary_lines(results))

@@ -7,12 +7,15 @@ message naming the argument or key and what is allowed, and nothing is written.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shlex
 import sys
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from securedream.errors import SecureDreamError
+from securedream.errors import ConfigError, SecureDreamError
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser, default_preset: str | None) -> None:
@@ -116,21 +119,28 @@ def build_parser() -> argparse.ArgumentParser:
 def _resolve(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from securedream.config import resolve_config
 
+    if args.config is not None and args.preset is not None:
+        raise ConfigError(
+            "--preset", "give either --config or --preset, not both (a config file is a whole run)"
+        )
     overrides = list(args.overrides)
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     if args.device is not None:
         overrides.append(f'device="{args.device}"')
-    preset = args.preset if args.config is None else None
-    return resolve_config(config_path=args.config, preset=preset, overrides=overrides)
+    return resolve_config(config_path=args.config, preset=args.preset, overrides=overrides)
+
+
+def resume_command(folder: Path) -> str:
+    return f"securedream run --resume {shlex.quote(str(folder))}"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from securedream.engines.inprocess import run_experiment
-    from securedream.errors import ConfigError
     from securedream.runs import RunFolder
+    from securedream.runs.folder import check_out_path
 
-    if args.resume:
+    if args.resume is not None:
         given = [
             flag
             for flag, value in (
@@ -140,22 +150,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 ("--device", args.device),
                 ("--set", args.overrides or None),
                 ("--out", args.out),
+                ("--engine flower", args.engine == "flower" or None),
             )
-            if value
+            if value is not None
         ]
         if given:
-            raise ConfigError("--resume", f"cannot be combined with {', '.join(given)}")
-        folder = RunFolder(args.resume)
+            raise ConfigError(
+                "--resume",
+                f"cannot be combined with {', '.join(given)} (a run continues with the config and "
+                "engine it started with; only in-process runs can be resumed)",
+            )
+        folder = RunFolder(check_out_path(args.resume, "--resume"))
         cfg = folder.load_config()
-        summary = run_experiment(cfg, folder.path, resume=True, progress=not args.quiet)
         out = folder.path
+        with _interrupt_notice(out, resumable=True):
+            summary = run_experiment(cfg, folder.path, resume=True, progress=not args.quiet)
     else:
         cfg = _resolve(args)
-        out = (
-            Path(args.out)
-            if args.out
-            else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        )
+        if args.out is not None:
+            out = check_out_path(args.out)
+        else:
+            out = check_out_path(Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         if (out / "config.toml").exists():
             raise ConfigError(
                 "--out", f"{out} already holds a run; use --resume {out} or another --out"
@@ -163,9 +178,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.engine == "flower":
             from securedream.engines.flower import run_flower
 
-            summary = run_flower(cfg, out, progress=not args.quiet)
+            with _interrupt_notice(out, resumable=False):
+                summary = run_flower(cfg, out, progress=not args.quiet)
         else:
-            summary = run_experiment(cfg, out, progress=not args.quiet)
+            with _interrupt_notice(out, resumable=cfg.output.checkpoint):
+                summary = run_experiment(cfg, out, progress=not args.quiet, refuse_existing=True)
     print(f"run folder: {out}")
     accuracy = (
         f"final mean client accuracy {summary['final_mean_accuracy']:.4f} "
@@ -179,6 +196,51 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"{summary['timing']['seconds']:.1f} s"
     )
     return 0
+
+
+class Interrupted(SecureDreamError):
+    """Ctrl-C during a run: carries the line that tells the user where the run is and what next."""
+
+
+@contextlib.contextmanager
+def _interrupt_notice(folder: Path, *, resumable: bool) -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not (folder / "config.toml").exists():
+            raise Interrupted(f"interrupted before {folder} was created; nothing written") from None
+        if resumable:
+            raise Interrupted(
+                f"interrupted; the run folder is {folder}; continue it with: "
+                f"{resume_command(folder)}"
+            ) from None
+        raise Interrupted(
+            f"interrupted; the run folder {folder} cannot be resumed (Flower engine or "
+            "output.checkpoint = false); start again with another --out"
+        ) from None
+
+
+def _library_value_error(exc: ValueError, args: argparse.Namespace) -> ConfigError | None:
+    """A ValueError from a library that a bad setting caused, as an error naming the setting."""
+    if "privacy budget is too low" in str(exc):
+        key = "--target-epsilon" if args.command == "privacy" else "privacy.target_epsilon"
+        return ConfigError(
+            key,
+            "too small for this run: no noise multiplier reaches it over the run's releases at "
+            "this δ (Opacus: the privacy budget is too low); use a larger ε, fewer rounds or "
+            "dream steps, or see `securedream privacy epsilon` for what a given noise gives",
+        )
+    return None
+
+
+def quiet_library_warnings() -> None:
+    """Hide library warnings that a user of the CLI cannot act on (the code, not the config)."""
+    for module in ("opacus", "torch", "torchvision", "flwr", "ray"):
+        warnings.filterwarnings("ignore", category=UserWarning, module=module)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+    warnings.filterwarnings("ignore", message=r".*[Ss]ecure RNG turned off.*")
+    warnings.filterwarnings("ignore", message=r".*[Ff]ull backward hook.*")
 
 
 def _cmd_presets() -> int:
@@ -220,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return secagg_main(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_library_warnings()
     try:
         if args.command == "run":
             return _cmd_run(args)
@@ -237,11 +300,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.privacy == "adversaries":
                 return run_adversaries_command(args)
             return run_privacy_command(args)
+    except Interrupted as exc:
+        print(f"securedream: {exc}", file=sys.stderr)
+        return 130
     except SecureDreamError as exc:
         print(f"securedream: error: {exc}", file=sys.stderr)
         return 2
+    except ValueError as exc:
+        converted = _library_value_error(exc, args)
+        if converted is None:
+            raise
+        print(f"securedream: error: {converted}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # the environment refused a file operation (permissions, full disk, a path that cannot
+        # exist): one line naming the path, never a traceback
+        where = exc.filename if exc.filename is not None else "a file"
+        print(f"securedream: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("securedream: interrupted (resume with --resume RUN_FOLDER)", file=sys.stderr)
+        print("securedream: interrupted", file=sys.stderr)
         return 130
     parser.error("unknown command")
     return 2

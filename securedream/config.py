@@ -319,6 +319,12 @@ def _build_section(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
 
 def _validate_cross_fields(cfg: RunConfig) -> None:
     """Rules that involve more than one key."""
+    if not cfg.name or any(ord(ch) < 0x20 or ord(ch) == 0x7F or ch in "/\\" for ch in cfg.name):
+        raise ConfigError(
+            "name",
+            "must be a non-empty single line without / or \\ (it names the run folder), "
+            f"got {cfg.name!r}",
+        )
     models = cfg.clients.models
     if len(models) not in (1, cfg.clients.count):
         raise ConfigError(
@@ -472,9 +478,14 @@ def _read_toml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError("--config", f"file not found: {path}")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from exc
+    if not data:
+        raise ConfigError(
+            "--config", f"{path} sets nothing (empty); use --preset NAME for the shipped defaults"
+        )
+    return data
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -551,7 +562,16 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        # every character TOML forbids raw in a basic string (control characters) is escaped, so
+        # the written config.toml always parses back to the same value
+        escaped = "".join(
+            "\\" + ch
+            if ch in '"\\'
+            else f"\\u{ord(ch):04x}"
+            if ord(ch) < 0x20 or ord(ch) == 0x7F
+            else ch
+            for ch in value
+        )
         return f'"{escaped}"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"

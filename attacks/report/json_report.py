@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from securedream.runs import atomic
 
 SCHEMA = "securedream-audit/1"
 
@@ -47,9 +48,7 @@ def to_jsonable(value: Any) -> Any:
 def write_json(path: Path, results: dict[str, Any]) -> Path:
     data = to_jsonable(results)
     text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
     return path
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from attacks.reconstruction.nearest import GapResult
+from securedream.runs import atomic
 
 
 def roc_plot(
@@ -38,7 +39,7 @@ def roc_plot(
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path)
+    atomic.write_with(path, lambda fh: fig.savefig(fh, format="png"))
     plt.close(fig)
     return path
 
@@ -60,7 +61,7 @@ def canary_plot(
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    atomic.write_with(path, lambda fh: fig.savefig(fh, format="png"))
     plt.close(fig)
     return path
 
@@ -82,7 +83,7 @@ def gap_histogram(gaps: Mapping[str, np.ndarray], path: Path, title: str) -> Pat
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    atomic.write_with(path, lambda fh: fig.savefig(fh, format="png"))
     plt.close(fig)
     return path
 
@@ -125,7 +126,7 @@ def gallery(
         )
     fig.suptitle(title, fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / rows))
-    fig.savefig(path)
+    atomic.write_with(path, lambda fh: fig.savefig(fh, format="png"))
     plt.close(fig)
     return path
 
@@ -144,6 +145,6 @@ def label_plot(estimates: np.ndarray, truth: np.ndarray, path: Path, title: str)
     axes[0, 0].legend(fontsize=6)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    atomic.write_with(path, lambda fh: fig.savefig(fh, format="png"))
     plt.close(fig)
     return path

@@ -12,6 +12,7 @@ from attacks.report.document import build_document
 from attacks.report.html import render_html
 from attacks.report.json_report import write_json
 from attacks.report.markdown import render_markdown
+from securedream.runs import atomic
 
 
 def make_plots(results: dict[str, Any], out: Path, universe_pixels: Any = None) -> dict[str, Path]:
@@ -90,6 +91,6 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
         "markdown": out / "report.md",
         "html": out / "report.html",
     }
-    files["markdown"].write_text(render_markdown(blocks), encoding="utf-8")
-    files["html"].write_text(render_html(blocks, out), encoding="utf-8")
+    atomic.write_text(files["markdown"], render_markdown(blocks))
+    atomic.write_text(files["html"], render_html(blocks, out))
     return files

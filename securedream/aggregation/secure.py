@@ -204,6 +204,12 @@ class SecureAggregator(Aggregator):
                 f"round {self.round_index}, {channel.value} step {step}: fewer than "
                 f"t={self.threshold} clients survived ({exc})"
             ) from exc
+        except protocols.InvalidShare as exc:
+            # a client sent a share that fails its commitment: the protocol aborts the aggregation
+            raise SecureAggregationAborted(
+                f"round {self.round_index}, {channel.value} step {step}: a client's key share "
+                f"failed verification, aggregation aborted ({exc})"
+            ) from exc
         finally:
             noise = self.noise_seconds - noise_before
             self.seconds += time.perf_counter() - start - noise

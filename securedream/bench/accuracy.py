@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from securedream.bench.progress import RunCounter
 from securedream.config import METHODS, RunConfig
 from securedream.errors import ConfigError
 
@@ -39,20 +40,28 @@ def parse_methods(text: str) -> list[str]:
 def run_accuracy_bench(args: argparse.Namespace) -> int:
     from securedream.cli import _resolve
     from securedream.engines.inprocess import run_experiment
+    from securedream.runs.folder import check_out_path
 
     if not 1 <= args.seeds <= 100:
         raise ConfigError("--seeds", f"must be in [1, 100], got {args.seeds}")
     methods = parse_methods(args.methods)
     base: RunConfig = _resolve(args)
-    out_root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="securedream-bench-"))
+    out_root = (
+        check_out_path(args.out)
+        if args.out is not None
+        else Path(tempfile.mkdtemp(prefix="securedream-bench-"))
+    )
     rows: list[dict[str, Any]] = []
+    counter = RunCounter(len(methods) * args.seeds)
     for method in methods:
         accuracies, seconds, comm = [], [], []
         for seed in range(args.seeds):
             cfg = dataclasses.replace(base, method=method, seed=base.seed + seed)
+            counter.start(f"{method}, seed {cfg.seed}")
             summary = run_experiment(
                 cfg, out_root / f"{method}-seed{cfg.seed}", progress=not args.quiet
             )
+            counter.finish()
             accuracies.append(summary["final_mean_accuracy"])
             seconds.append(summary["timing"]["seconds"])
             comm.append(summary["bytes_per_client_round"])

@@ -56,6 +56,7 @@ def variants(epsilons: list[float]) -> list[tuple[str, list[str]]]:
 
 
 def run_private_bench(args: argparse.Namespace) -> int:
+    from securedream.bench.progress import RunCounter
     from securedream.cli import _resolve
     from securedream.engines.inprocess import run_experiment
 
@@ -63,10 +64,13 @@ def run_private_bench(args: argparse.Namespace) -> int:
     base = _resolve(args)
     out_root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="securedream-private-"))
     rows: list[dict[str, Any]] = []
+    counter = RunCounter(len(variants(epsilons)))
     for label, overrides in variants(epsilons):
         cfg = config_from_dict(client_dp_off(apply_overrides(config_to_dict(base), overrides)))
         folder = out_root / label.replace(" ", "_").replace("=", "").replace("+", "_")
+        counter.start(label)
         summary = run_experiment(cfg, folder, progress=not args.quiet)
+        counter.finish()
         stages = summary["timing"]["stage_seconds_total"]
         round_seconds = summary["timing"]["round_seconds_mean"]
         secagg = stages.get("secure_aggregation", 0.0) / summary["rounds"]

@@ -479,6 +479,23 @@ def _print_human(res: BenchResult, flower: dict[str, Any] | None) -> None:
 # --------------------------------------------------------------------------- main
 
 
+def memory_estimate_bytes(clients: int, dim: int, bits: int) -> int:
+    """Peak memory of one benchmark run, roughly: the encoded vector of every client plus the
+    session's masked copy of it, and the float/integer sums and decoded result (~32 B/element)."""
+    return dim * (2 * clients * (bits // 8) + 32)
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else None (no check)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``securedream bench secagg``; returns the process exit code."""
     parser = build_parser()
@@ -519,6 +536,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    need = memory_estimate_bytes(args.clients, args.dim, args.bits)
+    have = available_memory_bytes()
+    if have is not None and need > have:
+        print(
+            f"error: --dim {args.dim} with --clients {args.clients} needs about {need / 2**30:.1f} "
+            f"GiB of memory (every client's {args.bits}-bit vector held twice, plus sums), but "
+            f"{have / 2**30:.1f} GiB is available; lower --dim or --clients",
+            file=sys.stderr,
+        )
         return 2
     throughput = measure_throughput(args.dim, args.bits)
     try:

@@ -15,12 +15,13 @@ from tqdm import tqdm
 from securedream.aggregation import Aggregator
 from securedream.config import RunConfig, config_to_dict
 from securedream.diagnostics import Disclosure, add_to_privacy_report, opt_in_leaks
-from securedream.errors import RunFolderError
+from securedream.errors import ConfigError, RunFolderError
 from securedream.privacy.engine import PrivacyBudgetExhausted
 from securedream.rounds.baselines import fedavg_round, independent_round
 from securedream.rounds.codream import codream_round
-from securedream.rounds.experiment import Experiment
+from securedream.rounds.experiment import Experiment, checkpoint_state_problem
 from securedream.runs import RunFolder
+from securedream.runs.folder import check_same_config
 from securedream.runs.plots import save_accuracy_plot, save_dream_grid
 from securedream.runs.timing import (
     NESTED_STAGES,
@@ -139,7 +140,7 @@ def _write_privacy(folder: RunFolder, exp: Experiment) -> dict[str, Any]:
         report["sample_level"] = sample_level
     add_to_privacy_report(report, exp.cfg, "inprocess")
     folder.write_json("privacy.json", report)
-    (folder.path / "privacy.md").write_text(report_markdown(report), encoding="utf-8")
+    folder.write_text("privacy.md", report_markdown(report))
     summary = {
         key: report[key]
         for key in ("epsilon_total", "delta", "noise_multiplier", "placement")
@@ -158,9 +159,82 @@ def run_experiment(
     progress: bool = True,
     aggregator: Aggregator | None = None,
     on_round_end: RoundCallback | None = None,
+    refuse_existing: bool = False,
 ) -> dict[str, Any]:
-    """Run (or resume) ``cfg`` writing into ``out``; returns the summary."""
+    """Run (or resume) ``cfg`` writing into ``out``; returns the summary.
+
+    The folder is locked for the whole run, so a second run or resume of it is refused.
+    ``resume`` continues from the folder's committed checkpoint after checking it (content hashes,
+    types, ranges, and that ``cfg`` is the config it was written with); a folder whose run was
+    stopped before its first checkpoint starts again from round 0 with its config.
+    ``refuse_existing``: refuse (rather than overwrite) a folder that already holds a run.
+    """
     folder = RunFolder(out)
+    with folder.lock():
+        if refuse_existing and folder.config_path.exists():
+            raise RunFolderError(
+                f"--out: {folder.path} already holds a run; use --resume {folder.path} or "
+                "another --out"
+            )
+        return _run_locked(cfg, folder, resume, progress, aggregator, on_round_end)
+
+
+def _restore(exp: Experiment, folder: RunFolder, cfg: RunConfig) -> tuple[int, float]:
+    """Load and check the committed checkpoint into ``exp``; returns (rounds done, seconds)."""
+    tensors, meta = folder.load_checkpoint(expected_engine="inprocess")
+    where = folder.checkpoint_dir
+    check_same_config(meta, cfg, folder.path)
+    problem = checkpoint_state_problem(tensors, exp)
+    if problem is not None:
+        raise RunFolderError(f"--resume: {where / 'state.pt'}: {problem}")
+    try:
+        exp.load_state_dict(tensors)
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunFolderError(
+            f"--resume: {where / 'state.pt'} does not fit this run's models ({first[:200]})"
+        ) from None
+    try:
+        exp.load_bookkeeping(meta)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise RunFolderError(
+            f"--resume: {where / 'meta.json'}: privacy/sample_level bookkeeping is malformed "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+    folder.restore_metrics(meta)
+    return meta["rounds_done"], float(meta.get("seconds", 0.0))
+
+
+def _start(exp: Experiment, folder: RunFolder, cfg: RunConfig) -> None:
+    folder.create(cfg)
+    folder.write_json(
+        "splits.json",
+        Disclosure.of(cfg).splits(
+            {
+                "label_histograms": [s.label_histogram for s in exp.shards],
+                "sizes": [len(s.indices) for s in exp.shards],
+            }
+        ),
+    )
+
+
+def _run_locked(
+    cfg: RunConfig,
+    folder: RunFolder,
+    resume: bool,
+    progress: bool,
+    aggregator: Aggregator | None,
+    on_round_end: RoundCallback | None,
+) -> dict[str, Any]:
+    if resume and not folder.config_path.is_file():
+        raise RunFolderError(
+            f"--resume: {folder.path} has no config.toml and no checkpoint (not a run folder?)"
+        )
+    if resume and not folder.has_checkpoint() and (folder.path / "summary.json").exists():
+        raise RunFolderError(
+            f"--resume: {folder.path} finished without checkpoints (output.checkpoint = false); "
+            "there is nothing to continue"
+        )
     torch.use_deterministic_algorithms(True, warn_only=True)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -168,32 +242,17 @@ def run_experiment(
     start_round = 0
     elapsed_before = 0.0
     if resume:
-        tensors, meta = folder.load_checkpoint()
-        if meta.get("engine", "inprocess") != "inprocess":
-            raise RunFolderError(
-                f"--resume: {folder.path} was written by the {meta['engine']} engine; only "
-                "in-process runs can be resumed"
-            )
-        exp.load_state_dict(tensors)
-        exp.load_bookkeeping(meta)
-        start_round = meta["rounds_done"]
-        elapsed_before = float(meta.get("seconds", 0.0))
-        folder.truncate_metrics(start_round)
-        if start_round > cfg.rounds:
-            raise RunFolderError(
-                f"--resume: checkpoint has {start_round} rounds, config {cfg.rounds}"
-            )
+        folder.recover()  # finish or undo a checkpoint commit a crash interrupted
+    if resume and folder.has_checkpoint():
+        start_round, elapsed_before = _restore(exp, folder, cfg)
     else:
-        folder.create(cfg)
-        folder.write_json(
-            "splits.json",
-            Disclosure.of(cfg).splits(
-                {
-                    "label_histograms": [s.label_histogram for s in exp.shards],
-                    "sizes": [len(s.indices) for s in exp.shards],
-                }
-            ),
-        )
+        if resume:
+            print(
+                f"securedream: {folder.path} has no checkpoint yet (stopped before its first "
+                "round finished); starting it again from round 0 with its config.toml",
+                file=sys.stderr,
+            )
+        _start(exp, folder, cfg)
 
     started = time.perf_counter()
     records = folder.read_metrics()
@@ -207,6 +266,10 @@ def run_experiment(
             report = run_one_round(exp, round_index, lambda _step, bar=steps_bar: bar.update(1))
         except PrivacyBudgetExhausted as exc:
             stopped = str(exc)
+            if not records:
+                raise ConfigError(
+                    "privacy.max_epsilon", f"too small for even one round: {stopped}"
+                ) from None
             print(f"securedream: {stopped}", file=sys.stderr)
             break
         finally:
@@ -222,6 +285,7 @@ def run_experiment(
                 exp.data.mean,
                 exp.data.std,
                 cfg.output.grid_images,
+                labels=exp.buffer[-1][1].argmax(dim=1).tolist() if exp.buffer else None,
             )
         if cfg.output.checkpoint:
             folder.save_checkpoint(

@@ -267,3 +267,52 @@ class Experiment:
             self.buffer.append((x.to(self.device), s.to(self.device)))
         last = state.get("last_dreams")
         self.last_dreams = last.to(self.device) if last is not None else None
+
+
+def checkpoint_state_problem(state: Any, exp: Experiment) -> str | None:
+    """What is wrong with a loaded state.pt for ``exp`` (structure and types), or None.
+
+    Checked before anything is loaded, so a malformed checkpoint is refused with a message that
+    names the entry, instead of failing half-way through ``load_state_dict``.
+    """
+    if not isinstance(state, dict):
+        return "must hold a dict"
+    missing = {"clients", "buffer"} - set(state)
+    if missing:
+        return f"lacks {sorted(missing)}"
+    clients = state["clients"]
+    if not isinstance(clients, list) or len(clients) != len(exp.clients):
+        return f"'clients' must be a list of {len(exp.clients)} client states"
+    for k, saved in enumerate(clients):
+        if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+            return f"clients[{k}] must be a dict with a 'model' state dict"
+        if not isinstance(saved.get("optimizer"), dict):
+            return f"clients[{k}] must hold an 'optimizer' state dict"
+        bad = [n for n, t in saved["model"].items() if not isinstance(t, torch.Tensor)]
+        if bad:
+            return f"clients[{k}].model[{bad[0]!r}] must be a tensor"
+    student = state.get("student")
+    if student is not None and not isinstance(student, dict):
+        return "'student' must be null or a client state"
+    if (student is None) != (exp.student is None):
+        return "'student' does not match dreams.adaptive of this config"
+    buffer = state["buffer"]
+    if not isinstance(buffer, list) or len(buffer) > exp.cfg.distill.buffer_batches:
+        return f"'buffer' must be a list of at most {exp.cfg.distill.buffer_batches} batches"
+    shape = exp.dream_shape()
+    for i, item in enumerate(buffer):
+        if (
+            not isinstance(item, list | tuple)
+            or len(item) != 2
+            or not all(isinstance(t, torch.Tensor) for t in item)
+        ):
+            return f"buffer[{i}] must be a pair of tensors (dreams, soft labels)"
+        if tuple(item[0].shape) != shape or tuple(item[1].shape) != (
+            shape[0],
+            exp.data.num_classes,
+        ):
+            return f"buffer[{i}] has shapes {tuple(item[0].shape)}, {tuple(item[1].shape)}"
+    last = state.get("last_dreams")
+    if last is not None and (not isinstance(last, torch.Tensor) or tuple(last.shape) != shape):
+        return f"'last_dreams' must be null or a tensor of shape {shape}"
+    return None

@@ -361,7 +361,7 @@ def _write_privacy(folder: RunFolder, privacy: Any) -> dict[str, Any]:
     report = privacy.report()
     add_to_privacy_report(report, privacy.cfg, "flower")
     folder.write_json("privacy.json", report)
-    (folder.path / "privacy.md").write_text(report_markdown(report), encoding="utf-8")
+    folder.write_text("privacy.md", report_markdown(report))
     return {
         k: report[k]
         for k in ("epsilon_total", "delta", "noise_multiplier", "placement")
