@@ -132,3 +132,20 @@ def test_choose_threshold_on_a_gaussian_tail_is_close_to_optimal():
         bound_at_threshold(ins, outs, x, delta=1e-5).eps_lower_bound for x in np.linspace(0, 5, 101)
     )
     assert got.eps_lower_bound > 0.7 * best
+
+
+def test_gaussian_threshold_comes_from_the_accounted_noise_alone():
+    from attacks.stats import gaussian_threshold
+
+    kw = {"runs_in": 100_000, "runs_out": 100_000, "delta": 1e-5}
+    assert gaussian_threshold(22.0, 0.0, **kw) == 11.0  # no noise: any t in (0, T) separates
+    t = gaussian_threshold(22.0, 47.4, **kw)
+    assert gaussian_threshold(44.0, 94.8, **kw) == pytest.approx(2 * t)  # scale-free
+    # a deep tail, but not one 10⁵ runs cannot resolve: the deciding error count stays ≥ 10
+    from scipy.stats import norm
+
+    deciding = norm.sf(t / 47.4) if t > 0 else norm.cdf((t - 22.0) / 47.4)
+    assert abs(t) > 2 * 47.4
+    assert 100_000 * deciding >= 10
+    with pytest.raises(ValueError, match="std"):
+        gaussian_threshold(1.0, -1.0, **kw)
