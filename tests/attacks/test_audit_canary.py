@@ -35,6 +35,7 @@ def _dp(placement: str, z: float, accountant: str = "rdp", secure: bool = False)
     )
 
 
+@pytest.mark.slow  # 2.2 × 10⁵ runs through the engine's stack: 20 s idle, 7 min on loaded cores
 def test_default_runs_reach_half_of_epsilon_two():
     """ε = 2 for one release (PRV, the tight accountant): the default run count certifies ≥ 1."""
     z = noise_for_epsilon(2.0, 1e-5, 1, "prv")
