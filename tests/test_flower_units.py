@@ -20,7 +20,6 @@ pytest.importorskip("flwr")
 
 from flwr.app import Context, Message, RecordDict
 
-import protocols
 from securedream.aggregation import Channel
 from securedream.aggregation.factory import build_aggregation
 from securedream.aggregation.secure import SecureAggregator
@@ -28,7 +27,6 @@ from securedream.config import config_to_toml, resolve_config
 from securedream.engines.flower import clientside
 from securedream.engines.flower import messages as m
 from securedream.engines.flower.client_app import make_client_app
-from securedream.engines.flower.secagg_state import dump_client, load_client
 from securedream.engines.flower.server_app import FlowerOptions, run_codream
 from securedream.engines.inprocess import run_experiment
 from securedream.runs import RunFolder
@@ -187,52 +185,6 @@ def test_client_noise_parameter_matches_the_dp_aggregator() -> None:
     agg._dim = 16 * 64
     assert security.skellam_mu(16 * 64) == pytest.approx(agg._integer_mu(), rel=1e-12)
     assert security.placement == "distributed" and security.secure
-
-
-def test_protocol_client_survives_save_and_restore_after_every_message() -> None:
-    """A session whose clients are dumped and reloaded around every message sums correctly."""
-    config = protocols.SecAggConfig(num_clients=4, threshold=2, dropout_rate=0.3)
-    session = b"s" * 16
-    server = protocols.Server(config, session)
-    blobs: dict[int, bytes] = {}
-
-    def call(k: int, fn):
-        client = load_client(config, blobs[k])
-        out = fn(client)
-        blobs[k] = dump_client(client)
-        return out
-
-    for k in range(4):
-        client = protocols.Client(config, k, session)
-        start = client.start()
-        blobs[k] = dump_client(client)
-        server.receive(start, sender=k)
-    for k, data in server.close_stage().messages.items():
-        for reply in call(k, lambda c, d=data: c.receive(d)):
-            server.receive(reply, sender=k)
-    pending = server.close_stage().messages
-    rng = np.random.default_rng(0)
-    alive = [0, 1, 2, 3]
-    for step in range(3):
-        inputs = {k: rng.integers(-1000, 1000, 50) for k in alive}
-        for k in alive:
-            if k in pending:
-                forward = pending.pop(k)
-                call(k, lambda c, d=forward: c.receive(d))
-            if step == 1 and k == 3:
-                continue  # client 3 drops before sending its masked input
-            masked = call(k, lambda c, x=inputs[k]: c.submit_input(x))
-            server.receive(masked, sender=k)
-        if step == 1:
-            alive.remove(3)
-        out = server.close_stage()
-        for k, data in out.messages.items():
-            for reply in call(k, lambda c, d=data: c.receive(d)):
-                server.receive(reply, sender=k)
-        result = server.close_stage().result
-        assert result is not None
-        total = protocols.decode_integer_sum(result.total, config.bits)
-        assert np.array_equal(total, sum(inputs[k] for k in alive))
 
 
 # ----------------------------------------------------------------------------------------------

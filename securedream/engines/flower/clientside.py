@@ -15,8 +15,8 @@ or by the simulation runtime, never sent to the server):
 ``sd.optim``   ArrayRecord: the SGD momentum buffers
 ``sd.buffer``  ArrayRecord: the distillation buffer (dreams and soft labels)
 ``sd.pending`` ArrayRecord: dreams received in soft-label requests, until their soft labels arrive
-``sd.secagg``  ConfigRecord: the ``protocols.Client`` of the current round's session, saved with
-               :mod:`securedream.engines.flower.secagg_state`
+``sd.secagg``  ConfigRecord: the ``protocols.Client`` of the current round's session, as the
+               opaque bytes of ``protocols.Client.to_bytes`` (secrets: it stays on the node)
 
 A per-process cache keyed by (run, node) keeps the live objects while the stored version matches, so
 the simulation runtime (one long-lived worker per actor) does not rebuild anything; the deployment
@@ -48,7 +48,6 @@ from securedream.config import RunConfig, config_from_dict
 from securedream.data import DatasetBundle, load_dataset, split_clients
 from securedream.diagnostics import Disclosure
 from securedream.engines.flower import messages as m
-from securedream.engines.flower.secagg_state import dump_client, load_client
 from securedream.errors import ConfigError, SecureDreamError
 from securedream.models import build_model
 from securedream.privacy.aggregator import DPAggregator
@@ -435,7 +434,7 @@ class NodeRuntime:
         if "sd.secagg" in state:
             rec = state["sd.secagg"]
             self.secagg_round = int(rec["round"])
-            self.secagg = load_client(
+            self.secagg = protocols.Client.from_bytes(
                 self.security.protocol_config(),
                 bytes(rec["client"]),  # type: ignore[arg-type]
             )
@@ -479,7 +478,7 @@ class NodeRuntime:
                     del state["sd.secagg"]
             else:
                 state["sd.secagg"] = ConfigRecord(
-                    {"round": self.secagg_round, "client": dump_client(self.secagg)}
+                    {"round": self.secagg_round, "client": self.secagg.to_bytes()}
                 )
         if self.state_file is not None and self.dirty & {"model", "buffer"}:
             self._save_file()
@@ -529,7 +528,6 @@ class NodeRuntime:
             m.DREAM: self.dream,
             m.SECAGG: self.secagg_step,
             m.DISTILL: self.distill,
-            m.EVALUATE: self.evaluate,
         }
         return handler[message_type](rd)
 
@@ -713,19 +711,21 @@ class NodeRuntime:
                 torch_generator(self.cfg.seed, "distill", self.k, round_index),
             )
             self.dirty.add("model")
-        return m.content({**self._metrics(loss=loss), "buffer": ",".join(self.buffer_ids)})
+        metrics = {"loss": loss}
+        if bool(cfg.get("evaluate", False)):
+            metrics["accuracy"] = self._evaluate(round_index)
+        return m.content({**self._metrics(**metrics), "buffer": ",".join(self.buffer_ids)})
 
-    def evaluate(self, rd: RecordDict) -> RecordDict:
-        """Accuracy on the public test split: sent only where per-client metrics are disclosed.
+    def _evaluate(self, round_index: int) -> float:
+        """Accuracy on the public test split: replied only where per-client metrics are disclosed.
 
         The accuracy is a function of this client's private model, so a protecting run keeps it on
-        the node (in the node's log) and replies with an empty acknowledgement.
+        the node (in the node's log); :meth:`_metrics` leaves it out of the reply.
         """
         data = self._data()
         accuracy = self.trainer.evaluate(data.test_x, data.test_y)
-        round_index = int(m.config_of(rd).get("round", -1))
         log.info("client %d, round %d: test accuracy %.4f", self.k, round_index, accuracy)
-        return m.content(self._metrics(accuracy=accuracy))
+        return accuracy
 
 
 def _device(name: str) -> torch.device:
