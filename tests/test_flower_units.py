@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 
-import numpy as np
 import pytest
 import torch
 
@@ -20,9 +19,6 @@ pytest.importorskip("flwr")
 
 from flwr.app import Context, Message, RecordDict
 
-from securedream.aggregation import Channel
-from securedream.aggregation.factory import build_aggregation
-from securedream.aggregation.secure import SecureAggregator
 from securedream.config import config_to_toml, resolve_config
 from securedream.engines.flower import clientside
 from securedream.engines.flower import messages as m
@@ -153,38 +149,6 @@ def test_tensor_records_round_trip_and_count_bytes() -> None:
     assert m.proto_messages(rd, "out") == []
     # the dreams dominate: float32 payload plus the .npy header and the keys
     assert x.numel() * 4 < m.payload_bytes(rd) < x.numel() * 4 + 300
-
-
-def test_client_encoding_matches_the_in_process_aggregator() -> None:
-    cfg = tiny("secure_aggregation.enabled=true", "clients.count=3", 'clients.models=["cnn-bn"]')
-    agg, _ = build_aggregation(cfg, dim=16 * 64, num_classes=10)
-    assert isinstance(agg, SecureAggregator)
-    agg.start_round(1, [0, 1, 2])
-    values = [torch.randn(16, 1, 8, 8) * 0.01 for _ in range(3)]
-    expected = [agg._client_encode(v, 8.0, Channel.DREAM_GRADIENT, 0) for v in values]
-    security = clientside.Security.from_config(cfg, 16 * 64, 10)
-    for counter, (value, want) in enumerate(zip(values, expected, strict=True)):
-        rounding = clientside.rounding_source(cfg, 1, counter)
-        got = clientside.encode_contribution(
-            value, security.ranges["dream"], security.scale, rounding
-        )
-        assert np.array_equal(got, want)
-    agg.end_round()
-
-
-def test_client_noise_parameter_matches_the_dp_aggregator() -> None:
-    cfg = tiny(
-        "secure_aggregation.enabled=true",
-        "clients.count=3",
-        'clients.models=["cnn-bn"]',
-        'privacy.placement="distributed"',
-        "privacy.noise_multiplier=0.7",
-    )
-    agg, _ = build_aggregation(cfg, dim=16 * 64, num_classes=10)
-    security = clientside.Security.from_config(cfg, 16 * 64, 10)
-    agg._dim = 16 * 64
-    assert security.skellam_mu(16 * 64) == pytest.approx(agg._integer_mu(), rel=1e-12)
-    assert security.placement == "distributed" and security.secure
 
 
 # ----------------------------------------------------------------------------------------------

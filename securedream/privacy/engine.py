@@ -13,6 +13,7 @@ from typing import Any
 from securedream.aggregation.base import Aggregator, Channel
 from securedream.aggregation.secure import SecureAggregator
 from securedream.config import RunConfig
+from securedream.contribution import l2_sensitivity, skellam_share_mu
 from securedream.errors import ConfigError, SecureDreamError
 from securedream.privacy.accounting import (
     PrivacyLedger,
@@ -110,8 +111,8 @@ class RunPrivacy:
         raise ConfigError("privacy.target_epsilon", f"cannot reach ε = {p.target_epsilon}")
 
     def _skellam_release(self, z: float, dim: int, survivors: int, scale: float) -> SkellamRelease:
-        sensitivity = scale + math.sqrt(dim)
-        mu_share = (z * sensitivity) ** 2 / (2.0 * self.min_survivors)
+        sensitivity = l2_sensitivity(scale, dim)
+        mu_share = skellam_share_mu(z, scale, dim, self.min_survivors)
         return SkellamRelease(mu_share * survivors, sensitivity, sensitivity * math.sqrt(dim), 1)
 
     def _projected_distributed_epsilon(self, z: float, rounds: int) -> float:

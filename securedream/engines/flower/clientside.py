@@ -30,7 +30,6 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +44,7 @@ from securedream.aggregation import Channel
 from securedream.aggregation.factory import build_aggregation
 from securedream.aggregation.secure import SecureAggregator
 from securedream.config import RunConfig, config_from_dict
+from securedream.contribution import fixed_point_encode, rounding_stream, skellam_share_mu
 from securedream.data import DatasetBundle, load_dataset, split_clients
 from securedream.diagnostics import Disclosure
 from securedream.engines.flower import messages as m
@@ -182,39 +182,8 @@ class Security:
         return self.clip_logits if channel is Channel.LOGITS else self.clip_gradient
 
     def skellam_mu(self, dim: int) -> float:
-        """Per-client Skellam parameter, as ``DPAggregator._integer_mu`` computes it."""
-        sensitivity = self.scale + math.sqrt(dim)
-        return (self.noise_multiplier * sensitivity) ** 2 / (2.0 * self.min_survivors)
-
-
-def encode_contribution(
-    contribution: torch.Tensor, value_range: float, scale: float, rounding: NoiseSource
-) -> np.ndarray:
-    """Fixed-point encoding with stochastic rounding, as ``SecureAggregator._client_encode``.
-
-    Divide by the channel's public range, clip to [-1, 1], scale by s, round up with probability
-    equal to the fractional part (one ``rounding.uniform`` call per contribution).
-    """
-    vector = contribution.detach().cpu().double().reshape(-1).numpy() / value_range
-    np.clip(vector, -1.0, 1.0, out=vector)
-    vector *= scale
-    floor = np.floor(vector)
-    return floor.astype(np.int64) + (rounding.uniform(len(vector)) < vector - floor)
-
-
-def rounding_source(cfg: RunConfig, round_index: int, counter: int) -> NoiseSource:
-    """The rounding stream the in-process aggregator would use for this client's encoding.
-
-    In-process, one ``NoiseSource.from_seed(seed, "rounding", round)`` encodes every contribution
-    of the round in client order, one ``uniform`` call each; the server tells each client how
-    many calls came before its own, so the stream position (a counter, AES-CTR subkey per call)
-    is the same. With ``secure_aggregation.secure_rounding`` the randomness is from os.urandom.
-    """
-    if cfg.secure_aggregation.secure_rounding:
-        return NoiseSource.from_os()
-    source = NoiseSource.from_seed(cfg.seed, "rounding", round_index)
-    source._counter = int(counter)
-    return source
+        """Per-client Skellam parameter of a ``dim``-long share (securedream.contribution)."""
+        return skellam_share_mu(self.noise_multiplier, self.scale, dim, self.min_survivors)
 
 
 def channel_of(kind: str) -> Channel:
@@ -633,9 +602,12 @@ class NodeRuntime:
         if sec.placement != "off":
             value = clip_l2(value, sec.clip_for(channel))
         key = "logits" if channel is Channel.LOGITS else "dream"
-        encoded = encode_contribution(
-            value, sec.ranges[key], sec.scale, rounding_source(self.cfg, round_index, counter)
+        # the server tells each client how many contributions of the round's rounding stream
+        # precede its own, so a node draws the rounding bits the in-process aggregator draws
+        rounding = rounding_stream(
+            self.cfg.seed, round_index, counter, from_os=self.cfg.secure_aggregation.secure_rounding
         )
+        encoded = fixed_point_encode(value, sec.ranges[key], sec.scale, rounding)
         if sec.placement == "distributed":
             noise = (
                 NoiseSource.from_os()

@@ -1,30 +1,15 @@
 """A fast Flower SuperNode: capped polls and one long-lived ClientApp worker in the node's process.
 
-Why: with flwr 1.42's defaults a deployed CoDream round trip costs ~25 s on a loaded two-core
-machine (measured in docs/distributed.md). Three causes, all fixed here:
+Stock flwr 1.42 starts a ``flwr-clientapp`` process per message, sleeps 3 s after every empty pull
+and retries a not-yet-arrived object after 1 s. Here the SuperNode runs with ``--isolation
+process`` and a worker thread of this process serves its Runtime API (the ClientApp loaded once per
+FAB, so ``NodeRuntime.for_context`` hits as in simulation; the Context is still pushed after every
+reply, in Flower's order); ``flwr.supernode.start_client_internal`` sees a ``time`` whose ``sleep``
+is capped at ``--poll-cap``; objects are retried after 10 ms. This reaches into flwr 1.42
+internals, hence the pin ``flwr>=1.42,<1.43`` (checked at start); upstream features that would
+remove it, measurements and commands: docs/distributed.md, "The fast SuperNode".
 
-1. **A new ``flwr-clientapp`` process per message** (imports of flwr, torch and securedream every
-   time, and the node's state rebuilt from ``Context.state``). Here the SuperNode runs with
-   ``--isolation process`` and this module serves its Runtime API itself: a worker thread acquires
-   each ClientApp task, runs the ClientApp loaded once per FAB, pushes the reply and then the
-   Context (Flower's order). The node runtime cache of the ClientApp
-   (``NodeRuntime.for_context``) therefore hits on every message, as it does in simulation, while
-   the state is still written to ``Context.state`` after every message.
-2. **The SuperNode's hard-coded 3 s sleep after every empty pull** (and its 0.5 s waits for a
-   reply): ``flwr.supernode.start_client_internal`` reads ``time.sleep``; here that module sees a
-   ``time`` whose ``sleep`` is capped at ``--poll-cap`` seconds (default 0.05).
-3. **A 1 s initial backoff when an object is pulled before it has arrived**, which short polls
-   expose: the SuperNode, this worker and the ServerApp (:func:`short_object_backoff`) pull with a
-   10 ms initial backoff capped at 0.1 s.
-
-These reach into flwr internals, so ``pyproject.toml`` pins ``flwr>=1.42,<1.43``
-(:data:`FLWR_RANGE` is checked at start). The upstream features that would remove this module: a
-SuperNode poll interval option and a long-lived ClientApp executor for ``--isolation process``
-(Flower 1.42 ships only per-task ``flower-superexec`` executors).
-
-Command line (all ``flower-supernode`` options pass through; ``--isolation`` is set here)::
-
-    python -m securedream.engines.flower.supernode [--poll-cap S] --superlink HOST:PORT ...
+    python -m securedream.engines.flower.supernode [--poll-cap S] <flower-supernode options>
 """
 
 from __future__ import annotations
@@ -196,8 +181,15 @@ def main(argv: Sequence[str] | None = None, *, start: Callable[[], None] | None 
     node.add_argument("--port", type=int, required=True)
     node.add_argument("--superlink", default="127.0.0.1:9092")
     node.add_argument("--insecure", action="store_true")
+    node.add_argument("--host", default="127.0.0.1")
+    node.add_argument("--ssl-certfile")
     seen = node.parse_known_args(rest)[0]
     check_transport(seen.superlink, insecure=seen.insecure)
+    if seen.host not in LOOPBACK or seen.ssl_certfile:
+        raise SystemExit(
+            "securedream supernode: the Runtime API serves only this process's ClientApp worker; "
+            "keep it on loopback without TLS (no --host, no --ssl-*)"
+        )
     if not 0.001 <= ours.poll_cap <= 3.0:
         raise SystemExit("securedream supernode: --poll-cap must be in [0.001, 3] seconds")
     check_flwr_version()
