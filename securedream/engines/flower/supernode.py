@@ -115,6 +115,8 @@ class ClientAppWorker:
         from flwr.proto.runtime_pb2 import AcquireTaskRequest
         from flwr.supercore.constant import TaskType
 
+        import securedream.engines.flower.client_app  # noqa: F401  (torch etc.: before any task)
+
         acquirer = self._client(None)
         request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
         while True:

@@ -145,7 +145,9 @@ class FlowerLink:
             probe = ()
             hello = m.content({"config": config_digest})
             requests = [(node, node, m.HELLO, hello) for node in nodes]
-            timeout = min(self.timeout, 60.0) if wait <= 0 else max(1.0, min(self.timeout, wait))
+            timeout = min(self.timeout, 60.0)
+            if wait > 0:  # at start-up a node's first message loads its data: give it the wait
+                timeout = max(1.0, deadline - time.monotonic())
             for node, reply in self._send(requests, timeout).items():
                 asked.add(node)
                 if isinstance(reply, str):
