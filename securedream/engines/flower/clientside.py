@@ -19,8 +19,9 @@ or by the simulation runtime, never sent to the server):
                opaque bytes of ``protocols.Client.to_bytes`` (secrets: it stays on the node)
 
 A per-process cache keyed by (run, node) keeps the live objects while the stored version matches, so
-the simulation runtime (one long-lived worker per actor) does not rebuild anything; the deployment
-runtime (one process per message) rebuilds from the record every time.
+neither the simulation runtime (one long-lived worker per actor) nor securedream's SuperNode (one
+long-lived ClientApp worker per node, engines/flower/supernode.py) rebuilds anything; a stock
+``flower-supernode`` (one process per message) rebuilds from the record every time.
 """
 
 from __future__ import annotations
