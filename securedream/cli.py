@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--json", action="store_true", help="print JSON instead of a table")
     acc.add_argument("--quiet", action="store_true", help="no progress bars")
     bench_sub.add_parser("secagg", help="secure aggregation protocol benchmark", add_help=False)
+    bench_sub.add_parser(
+        "engines",
+        help="in-process vs Flower simulation vs deployment, plain and secure",
+        add_help=False,
+    )
     private = bench_sub.add_parser(
         "private", help="plain vs SecAgg vs SecAgg + DP (central, distributed) at several ε"
     )
@@ -280,6 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from securedream.bench.secagg import main as secagg_main
 
         return secagg_main(argv[2:])
+    if argv[:2] == ["bench", "engines"]:  # its own parser too (securedream.bench.engines)
+        from securedream.bench.engines import main as engines_main
+
+        return engines_main(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet_library_warnings()

@@ -1,12 +1,16 @@
 """Flower's deployment runtime as real processes: a SuperLink and three SuperNodes on localhost.
 
-A secure CoDream round runs with the ClientApp in a fresh process per message (what Flower 1.42's
-SuperNode does), so every node's protocol client travels through ``Context.state``. One SuperNode
-is killed (SIGKILL, with its SuperExec and ClientApp processes) right after the first secure
-aggregation: the round completes with the two survivors (t = 2), and the node, started again,
-takes part in the next round.
+The SuperNodes are securedream's fast ones (``engines/flower/supernode.py``: capped polls, one
+long-lived ClientApp worker in the node's process, its protocol client also saved to
+``Context.state`` with ``protocols.Client.to_bytes`` after every message). One SuperNode is killed
+(SIGKILL, its whole process group) right after the first secure aggregation: it stops answering,
+the server fails it after the exchange timeout (30 s here), which is a protocol dropout, and the
+round completes with the two survivors (t = 2); the node, started again, takes part in the next
+round.
 
-Slow (minutes): each message costs a process start with torch on the node.
+Slow (a few minutes on a loaded two-core machine; mostly the 30 s timeout and process start-up)::
+
+    python -m pytest -q -m slow tests/test_flower_deploy.py
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ inputs in DREAM replies, the unmask relay, dropouts as failed nodes, ``SecureAgg
 ``FlowerLink`` (Flower ``Message`` objects pushed and pulled through a Grid, timeouts failing a
 node for the round), ``DreamCohort`` and the record layouts of ``engines/flower/messages.py``; on
 the client side, the protocol path of a node: wire bytes out of the ``proto`` record into a
-``protocols.Client`` that is saved and restored with ``engines/flower/secagg_state`` around every
+``protocols.Client`` that is saved and restored with ``Client.to_bytes``/``from_bytes`` around every
 message, as Flower's deployment runtime does.
 
 What is replaced: the Grid (an in-process one: nodes answer synchronously; a dropped node never
@@ -16,7 +16,7 @@ integer vector as its encoded contribution. The model and encoding paths are cov
 loopback runs in tests/test_flower_units.py; the secure sum -- exactness, typed errors, refused
 hostile and replayed messages, no double secrets -- is what this file checks, with the server
 instrumented by :class:`protocols.testing.ServerProbe` exactly as for the in-process transport.
-Semi-honest only: the Flower client state format refuses active mode (secagg_state.py).
+Semi-honest only, as securedream's config builds it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from protocols.testing import TransportResult, check_transport, configs
 from securedream.aggregation import Channel
 from securedream.aggregation.secure import SecureAggregationSettings
 from securedream.engines.flower import messages as m
-from securedream.engines.flower.secagg_state import dump_client, load_client
 from securedream.engines.flower.transport import DreamCohort, FlowerLink, FlowerSecureAggregator
 
 #: protocol message a node receives -> the dropout stage at which it no longer answers
@@ -64,7 +63,7 @@ class _Node:
 
     def _client(self) -> protocols.Client:
         assert self.blob is not None
-        return load_client(self.config, self.blob)
+        return protocols.Client.from_bytes(self.config, self.blob)
 
     def _deliver(self, client: protocols.Client, incoming: list[bytes]) -> list[bytes]:
         replies = []
@@ -89,7 +88,7 @@ class _Node:
             try:
                 out = self._deliver(client, incoming)
             except protocols.TooFewSurvivors:
-                self.blob = dump_client(client)
+                self.blob = client.to_bytes()
                 return m.content({"aborted": True}, proto=[], proto_key="out")
         else:  # DREAM: pipelined ForwardShares in, the masked contribution out
             if self._silent("masked_input"):
@@ -105,9 +104,9 @@ class _Node:
                     out = [client.submit_input(self.vector)]
             except protocols.TooFewSurvivors:
                 out = []
-            self.blob = dump_client(client)
+            self.blob = client.to_bytes()
             return m.content(reply, proto=out, proto_key="out")
-        self.blob = dump_client(client)
+        self.blob = client.to_bytes()
         return m.content({}, proto=out, proto_key="out")
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 
-import numpy as np
 import pytest
 import torch
 
@@ -20,15 +19,10 @@ pytest.importorskip("flwr")
 
 from flwr.app import Context, Message, RecordDict
 
-import protocols
-from securedream.aggregation import Channel
-from securedream.aggregation.factory import build_aggregation
-from securedream.aggregation.secure import SecureAggregator
 from securedream.config import config_to_toml, resolve_config
 from securedream.engines.flower import clientside
 from securedream.engines.flower import messages as m
 from securedream.engines.flower.client_app import make_client_app
-from securedream.engines.flower.secagg_state import dump_client, load_client
 from securedream.engines.flower.server_app import FlowerOptions, run_codream
 from securedream.engines.inprocess import run_experiment
 from securedream.runs import RunFolder
@@ -155,84 +149,6 @@ def test_tensor_records_round_trip_and_count_bytes() -> None:
     assert m.proto_messages(rd, "out") == []
     # the dreams dominate: float32 payload plus the .npy header and the keys
     assert x.numel() * 4 < m.payload_bytes(rd) < x.numel() * 4 + 300
-
-
-def test_client_encoding_matches_the_in_process_aggregator() -> None:
-    cfg = tiny("secure_aggregation.enabled=true", "clients.count=3", 'clients.models=["cnn-bn"]')
-    agg, _ = build_aggregation(cfg, dim=16 * 64, num_classes=10)
-    assert isinstance(agg, SecureAggregator)
-    agg.start_round(1, [0, 1, 2])
-    values = [torch.randn(16, 1, 8, 8) * 0.01 for _ in range(3)]
-    expected = [agg._client_encode(v, 8.0, Channel.DREAM_GRADIENT, 0) for v in values]
-    security = clientside.Security.from_config(cfg, 16 * 64, 10)
-    for counter, (value, want) in enumerate(zip(values, expected, strict=True)):
-        rounding = clientside.rounding_source(cfg, 1, counter)
-        got = clientside.encode_contribution(
-            value, security.ranges["dream"], security.scale, rounding
-        )
-        assert np.array_equal(got, want)
-    agg.end_round()
-
-
-def test_client_noise_parameter_matches_the_dp_aggregator() -> None:
-    cfg = tiny(
-        "secure_aggregation.enabled=true",
-        "clients.count=3",
-        'clients.models=["cnn-bn"]',
-        'privacy.placement="distributed"',
-        "privacy.noise_multiplier=0.7",
-    )
-    agg, _ = build_aggregation(cfg, dim=16 * 64, num_classes=10)
-    security = clientside.Security.from_config(cfg, 16 * 64, 10)
-    agg._dim = 16 * 64
-    assert security.skellam_mu(16 * 64) == pytest.approx(agg._integer_mu(), rel=1e-12)
-    assert security.placement == "distributed" and security.secure
-
-
-def test_protocol_client_survives_save_and_restore_after_every_message() -> None:
-    """A session whose clients are dumped and reloaded around every message sums correctly."""
-    config = protocols.SecAggConfig(num_clients=4, threshold=2, dropout_rate=0.3)
-    session = b"s" * 16
-    server = protocols.Server(config, session)
-    blobs: dict[int, bytes] = {}
-
-    def call(k: int, fn):
-        client = load_client(config, blobs[k])
-        out = fn(client)
-        blobs[k] = dump_client(client)
-        return out
-
-    for k in range(4):
-        client = protocols.Client(config, k, session)
-        start = client.start()
-        blobs[k] = dump_client(client)
-        server.receive(start, sender=k)
-    for k, data in server.close_stage().messages.items():
-        for reply in call(k, lambda c, d=data: c.receive(d)):
-            server.receive(reply, sender=k)
-    pending = server.close_stage().messages
-    rng = np.random.default_rng(0)
-    alive = [0, 1, 2, 3]
-    for step in range(3):
-        inputs = {k: rng.integers(-1000, 1000, 50) for k in alive}
-        for k in alive:
-            if k in pending:
-                forward = pending.pop(k)
-                call(k, lambda c, d=forward: c.receive(d))
-            if step == 1 and k == 3:
-                continue  # client 3 drops before sending its masked input
-            masked = call(k, lambda c, x=inputs[k]: c.submit_input(x))
-            server.receive(masked, sender=k)
-        if step == 1:
-            alive.remove(3)
-        out = server.close_stage()
-        for k, data in out.messages.items():
-            for reply in call(k, lambda c, d=data: c.receive(d)):
-                server.receive(reply, sender=k)
-        result = server.close_stage().result
-        assert result is not None
-        total = protocols.decode_integer_sum(result.total, config.bits)
-        assert np.array_equal(total, sum(inputs[k] for k in alive))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -66,7 +66,6 @@ PROTOCOL_FIELDS: dict[str, dict[str, set[str]]] = {
     m.DREAM: {"cfg": {"withheld"}, "proto": {"out"}},
     m.SECAGG: {"cfg": {"aborted"}, "proto": {"out"}},
     m.DISTILL: {"cfg": {"buffer"}},
-    m.EVALUATE: {"cfg": set()},
 }
 # without secure aggregation the contribution itself is the protected-sum input (central DP: the
 # server clips and noises it); with secure aggregation it only ever travels masked, in "proto"
@@ -85,7 +84,7 @@ PER_CLIENT_METRIC_FIELDS = {
     (m.DREAM, "cfg", "norm"),
     *[(m.DREAM, "terms", t) for t in DREAM_TERMS],
     (m.DISTILL, "cfg", "loss"),
-    (m.EVALUATE, "cfg", "accuracy"),
+    (m.DISTILL, "cfg", "accuracy"),
 }
 LABEL_HISTOGRAM_FIELDS = {(m.HELLO, "cfg", "samples"), (m.HELLO, "cfg", "histogram")}
 

@@ -23,6 +23,7 @@ import torch
 
 import protocols
 from securedream.aggregation.base import AggregateResult, Aggregator, Channel, check_contributions
+from securedream.contribution import fixed_point_encode
 from securedream.errors import SecureDreamError
 from securedream.privacy.noise import NoiseSource
 from securedream.seeding import numpy_generator
@@ -263,11 +264,7 @@ class SecureAggregator(Aggregator):
         The rounding randomness is keyed per round (from the seed, or os.urandom when
         ``secure_rounding``), so research runs are reproducible.
         """
-        vector = contribution.detach().cpu().double().reshape(-1).numpy() / value_range
-        np.clip(vector, -1.0, 1.0, out=vector)
-        vector *= self.encoding.scale
-        floor = np.floor(vector)
-        encoded = floor.astype(np.int64) + (self.rounding.uniform(len(vector)) < vector - floor)
+        encoded = fixed_point_encode(contribution, value_range, self.encoding.scale, self.rounding)
         if self.integer_noise is not None:
             start = time.perf_counter()
             encoded += self.integer_noise(len(encoded), channel, step)

@@ -29,6 +29,7 @@ import torch
 
 from securedream.aggregation.base import AggregateResult, Aggregator, Channel
 from securedream.aggregation.secure import SecureAggregator
+from securedream.contribution import l2_sensitivity, skellam_share_mu
 from securedream.errors import SecureDreamError
 from securedream.privacy.accounting import PrivacyLedger, SkellamRelease
 from securedream.privacy.clipping import clip_l2
@@ -145,14 +146,17 @@ class DPAggregator(Aggregator):
     def _integer_mu(self) -> float:
         """Skellam parameter of one client's share, in the secure aggregation's integer units."""
         assert isinstance(self.inner, SecureAggregator)
-        sensitivity = self._integer_l2_sensitivity(self._dim)
-        total_variance = (self.settings.noise_multiplier * sensitivity) ** 2
-        return total_variance / (2.0 * self.settings.calibration_shares)
+        return skellam_share_mu(
+            self.settings.noise_multiplier,
+            self.inner.encoding.scale,
+            self._dim,
+            self.settings.calibration_shares,
+        )
 
     def _integer_l2_sensitivity(self, dim: int) -> float:
         """One client's encoded vector: ‖q‖₂ ≤ s·1 (clipped to C, in units of C) + √d (rounding)."""
         assert isinstance(self.inner, SecureAggregator)
-        return self.inner.encoding.scale + math.sqrt(dim)
+        return l2_sensitivity(self.inner.encoding.scale, dim)
 
     def _client_noise_share(self, count: int, channel: Channel, step: int) -> np.ndarray:
         return self.noise.skellam(count, self._integer_mu())

@@ -15,6 +15,7 @@ from typing import Any
 from securedream.aggregation.base import Aggregator, Channel
 from securedream.aggregation.secure import SecureAggregator
 from securedream.config import RunConfig
+from securedream.contribution import l2_sensitivity, skellam_share_mu
 from securedream.errors import ConfigError, SecureDreamError
 from securedream.privacy.accounting import (
     PrivacyLedger,
@@ -198,8 +199,8 @@ class RunPrivacy:
 
     def _skellam_release(self, z: float, dim: int, survivors: int, scale: float) -> SkellamRelease:
         """``survivors`` shares of the calibrated per-client Skellam noise, zero-out units."""
-        sensitivity = scale + math.sqrt(dim)
-        mu_share = (z * sensitivity) ** 2 / (2.0 * self.noise_shares)
+        sensitivity = l2_sensitivity(scale, dim)
+        mu_share = skellam_share_mu(z, scale, dim, self.noise_shares)
         return SkellamRelease(
             mu_share * survivors, sensitivity, sensitivity * math.sqrt(dim), 1, survivors
         )

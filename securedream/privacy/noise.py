@@ -77,9 +77,12 @@ class NoiseSource:
         return cls(os.urandom(32), secure=True)
 
     @classmethod
-    def from_seed(cls, seed: int, *labels: object) -> NoiseSource:
+    def from_seed(cls, seed: int, *labels: object, position: int = 0) -> NoiseSource:
+        """The seeded stream of ``labels``, after its first ``position`` calls."""
         text = "/".join(["securedream-dp-noise", str(seed), *map(str, labels)]).encode()
-        return cls(hashlib.sha256(text).digest(), secure=False)
+        source = cls(hashlib.sha256(text).digest(), secure=False)
+        source._counter = int(position)
+        return source
 
     def _subkey(self) -> bytes:
         self._counter += 1

@@ -50,5 +50,4 @@ def make_client_app(config_text: str) -> ClientApp:
     app.query("dream")(route(m.DREAM))
     app.query("secagg")(route(m.SECAGG))
     app.train("distill")(route(m.DISTILL))
-    app.evaluate()(route(m.EVALUATE))
     return app

@@ -15,12 +15,13 @@ or by the simulation runtime, never sent to the server):
 ``sd.optim``   ArrayRecord: the SGD momentum buffers
 ``sd.buffer``  ArrayRecord: the distillation buffer (dreams and soft labels)
 ``sd.pending`` ArrayRecord: dreams received in soft-label requests, until their soft labels arrive
-``sd.secagg``  ConfigRecord: the ``protocols.Client`` of the current round's session, saved with
-               :mod:`securedream.engines.flower.secagg_state`
+``sd.secagg``  ConfigRecord: the ``protocols.Client`` of the current round's session, as the
+               opaque bytes of ``protocols.Client.to_bytes`` (secrets: it stays on the node)
 
 A per-process cache keyed by (run, node) keeps the live objects while the stored version matches, so
-the simulation runtime (one long-lived worker per actor) does not rebuild anything; the deployment
-runtime (one process per message) rebuilds from the record every time.
+neither the simulation runtime (one long-lived worker per actor) nor securedream's SuperNode (one
+long-lived ClientApp worker per node, engines/flower/supernode.py) rebuilds anything; a stock
+``flower-supernode`` (one process per message) rebuilds from the record every time.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -45,10 +45,10 @@ from securedream.aggregation import Channel
 from securedream.aggregation.factory import build_aggregation
 from securedream.aggregation.secure import SecureAggregator
 from securedream.config import RunConfig, config_from_dict
+from securedream.contribution import fixed_point_encode, rounding_stream, skellam_share_mu
 from securedream.data import DatasetBundle, load_dataset, split_clients
 from securedream.diagnostics import Disclosure
 from securedream.engines.flower import messages as m
-from securedream.engines.flower.secagg_state import dump_client, load_client
 from securedream.errors import ConfigError, SecureDreamError
 from securedream.models import build_model
 from securedream.privacy.aggregator import DPAggregator
@@ -183,39 +183,8 @@ class Security:
         return self.clip_logits if channel is Channel.LOGITS else self.clip_gradient
 
     def skellam_mu(self, dim: int) -> float:
-        """Per-client Skellam parameter, as ``DPAggregator._integer_mu`` computes it."""
-        sensitivity = self.scale + math.sqrt(dim)
-        return (self.noise_multiplier * sensitivity) ** 2 / (2.0 * self.noise_shares)
-
-
-def encode_contribution(
-    contribution: torch.Tensor, value_range: float, scale: float, rounding: NoiseSource
-) -> np.ndarray:
-    """Fixed-point encoding with stochastic rounding, as ``SecureAggregator._client_encode``.
-
-    Divide by the channel's public range, clip to [-1, 1], scale by s, round up with probability
-    equal to the fractional part (one ``rounding.uniform`` call per contribution).
-    """
-    vector = contribution.detach().cpu().double().reshape(-1).numpy() / value_range
-    np.clip(vector, -1.0, 1.0, out=vector)
-    vector *= scale
-    floor = np.floor(vector)
-    return floor.astype(np.int64) + (rounding.uniform(len(vector)) < vector - floor)
-
-
-def rounding_source(cfg: RunConfig, round_index: int, counter: int) -> NoiseSource:
-    """The rounding stream the in-process aggregator would use for this client's encoding.
-
-    In-process, one ``NoiseSource.from_seed(seed, "rounding", round)`` encodes every contribution
-    of the round in client order, one ``uniform`` call each; the server tells each client how
-    many calls came before its own, so the stream position (a counter, AES-CTR subkey per call)
-    is the same. With ``secure_aggregation.secure_rounding`` the randomness is from os.urandom.
-    """
-    if cfg.secure_aggregation.secure_rounding:
-        return NoiseSource.from_os()
-    source = NoiseSource.from_seed(cfg.seed, "rounding", round_index)
-    source._counter = int(counter)
-    return source
+        """Per-client Skellam parameter of a ``dim``-long share (securedream.contribution)."""
+        return skellam_share_mu(self.noise_multiplier, self.scale, dim, self.noise_shares)
 
 
 def channel_of(kind: str) -> Channel:
@@ -435,7 +404,7 @@ class NodeRuntime:
         if "sd.secagg" in state:
             rec = state["sd.secagg"]
             self.secagg_round = int(rec["round"])
-            self.secagg = load_client(
+            self.secagg = protocols.Client.from_bytes(
                 self.security.protocol_config(),
                 bytes(rec["client"]),  # type: ignore[arg-type]
             )
@@ -479,7 +448,7 @@ class NodeRuntime:
                     del state["sd.secagg"]
             else:
                 state["sd.secagg"] = ConfigRecord(
-                    {"round": self.secagg_round, "client": dump_client(self.secagg)}
+                    {"round": self.secagg_round, "client": self.secagg.to_bytes()}
                 )
         if self.state_file is not None and self.dirty & {"model", "buffer"}:
             self._save_file()
@@ -529,7 +498,6 @@ class NodeRuntime:
             m.DREAM: self.dream,
             m.SECAGG: self.secagg_step,
             m.DISTILL: self.distill,
-            m.EVALUATE: self.evaluate,
         }
         return handler[message_type](rd)
 
@@ -635,9 +603,12 @@ class NodeRuntime:
         if sec.placement != "off":
             value = clip_l2(value, sec.clip_for(channel))
         key = "logits" if channel is Channel.LOGITS else "dream"
-        encoded = encode_contribution(
-            value, sec.ranges[key], sec.scale, rounding_source(self.cfg, round_index, counter)
+        # the server tells each client how many contributions of the round's rounding stream
+        # precede its own, so a node draws the rounding bits the in-process aggregator draws
+        rounding = rounding_stream(
+            self.cfg.seed, round_index, counter, from_os=self.cfg.secure_aggregation.secure_rounding
         )
+        encoded = fixed_point_encode(value, sec.ranges[key], sec.scale, rounding)
         if sec.placement == "distributed":
             noise = (
                 NoiseSource.from_seed(
@@ -713,19 +684,21 @@ class NodeRuntime:
                 torch_generator(self.cfg.seed, "distill", self.k, round_index),
             )
             self.dirty.add("model")
-        return m.content({**self._metrics(loss=loss), "buffer": ",".join(self.buffer_ids)})
+        metrics = {"loss": loss}
+        if bool(cfg.get("evaluate", False)):
+            metrics["accuracy"] = self._evaluate(round_index)
+        return m.content({**self._metrics(**metrics), "buffer": ",".join(self.buffer_ids)})
 
-    def evaluate(self, rd: RecordDict) -> RecordDict:
-        """Accuracy on the public test split: sent only where per-client metrics are disclosed.
+    def _evaluate(self, round_index: int) -> float:
+        """Accuracy on the public test split: replied only where per-client metrics are disclosed.
 
         The accuracy is a function of this client's private model, so a protecting run keeps it on
-        the node (in the node's log) and replies with an empty acknowledgement.
+        the node (in the node's log); :meth:`_metrics` leaves it out of the reply.
         """
         data = self._data()
         accuracy = self.trainer.evaluate(data.test_x, data.test_y)
-        round_index = int(m.config_of(rd).get("round", -1))
         log.info("client %d, round %d: test accuracy %.4f", self.k, round_index, accuracy)
-        return m.content(self._metrics(accuracy=accuracy))
+        return accuracy
 
 
 def _device(name: str) -> torch.device:

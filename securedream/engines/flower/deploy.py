@@ -127,8 +127,9 @@ class LocalFederation:
     the SuperExec and ClientApp processes it started, and :meth:`close` ends everything it started.
     """
 
-    def __init__(self, workdir: str | Path, num_nodes: int) -> None:
+    def __init__(self, workdir: str | Path, num_nodes: int, *, poll_cap: float = 0.05) -> None:
         self.workdir = Path(workdir)
+        self.poll_cap = poll_cap
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.num_nodes = num_nodes
         self.port = free_port()
@@ -139,7 +140,7 @@ class LocalFederation:
             **os.environ,
             "FLWR_HOME": str(self.home),
             "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
-            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
+            "FLWR_TELEMETRY_ENABLED": "0",
             "PYTHONUNBUFFERED": "1",
         }
         self.superlink: subprocess.Popen[bytes] | None = None
@@ -192,7 +193,11 @@ class LocalFederation:
         self.nodes[partition] = self._spawn(
             f"supernode-{partition}",
             [
-                "flower-supernode",
+                sys.executable,
+                "-m",
+                "securedream.engines.flower.supernode",
+                "--poll-cap",
+                str(self.poll_cap),
                 "--insecure",
                 "--superlink",
                 f"127.0.0.1:{self.port}",

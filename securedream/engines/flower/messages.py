@@ -33,8 +33,7 @@ HELLO = "query.hello"  # who are you: partition, model, data shape; reply also c
 TRAIN = "train"  # local training for one round
 DREAM = "query.dream"  # compute a dream gradient / local change / logits (and mask it if secure)
 SECAGG = "query.secagg"  # secure-aggregation set-up and relay of protocol messages
-DISTILL = "train.distill"  # new buffer entries (soft labels, dreams) and, when due, distillation
-EVALUATE = "evaluate"  # accuracy on the held-out test split
+DISTILL = "train.distill"  # new buffer entries, distillation when due, then test accuracy
 
 # Kinds of DREAM requests; the aggregation channel follows from the kind.
 GRADIENT, DELTA, LOGITS = "gradient", "delta", "logits"

@@ -8,8 +8,9 @@ message exchange:
                   Flower proxies and a Flower aggregator: DREAM requests per step, plus SECAGG
                   set-up and unmask relays when secure aggregation is on;
 3. DISTILL        each client gets the soft labels (and the dreams it did not see) of the new
-                  buffer entries, keeps the same FIFO buffer as the server, and distils when due;
-4. EVALUATE       each client reports its accuracy on the held-out test split.
+                  buffer entries, keeps the same FIFO buffer as the server, distils when due, and
+                  then evaluates on the held-out test split (one round trip for both; its time is
+                  ``stage_seconds.distillation``, and ``evaluation`` is the server's own part).
 
 The run folder has the in-process layout (config.toml, splits.json, metrics.jsonl with the same
 per-round keys plus a ``flower`` entry, summary.json, dream grids, accuracy.png, privacy report,
@@ -40,6 +41,7 @@ from securedream.config import RunConfig, config_to_dict
 from securedream.diagnostics import Disclosure, add_to_privacy_report
 from securedream.engines.flower import messages as m
 from securedream.engines.flower.clientside import config_digest, load_node_data, parse_config
+from securedream.engines.flower.supernode import short_object_backoff
 from securedream.engines.flower.transport import (
     DreamCohort,
     FlowerDreamingClient,
@@ -283,10 +285,6 @@ class FlowerCoDream:
             report["epsilon"] = self.privacy.end_round()
 
         start = time.perf_counter()
-        evaluate = m.content({"round": round_index})
-        replies = link.exchange(
-            {k: (m.EVALUATE, evaluate) for k in link.present()}, down="control", up="control"
-        )
         if not replies:
             raise FlowerRunError(f"round {round_index}: no client answered the evaluation")
         if self.disclosure.per_client_metrics:  # a secure/private run's clients keep it
@@ -316,7 +314,8 @@ class FlowerCoDream:
         return self.disclosure.round_record(report)
 
     def _acquire(self, round_index: int, distill: bool) -> dict[int, Any]:
-        """Send each client the buffer entries it lacks; it distils when ``distill``."""
+        """Send each client the buffer entries it lacks; it distils when ``distill``, then
+        evaluates."""
         ids = [i for i, _, _ in self.buffer]
         requests = {}
         for k in self.link.present():
@@ -329,6 +328,7 @@ class FlowerCoDream:
                 if k not in self.cohort.snapshot_receivers.get(i, set()):
                     tensors[f"x.{i}"] = dreams
             cfg = {"round": round_index, "buffer": ",".join(ids), "distill": distill}
+            cfg["evaluate"] = True  # the round's evaluation rides on this message
             requests[k] = (m.DISTILL, m.content(cfg, tensors=tensors))
         replies = self.link.exchange(requests, down="soft_labels", up="control")
         for k, reply in replies.items():
@@ -485,6 +485,10 @@ def make_server_app(
         if not target:
             raise ConfigError("out", "set the run folder: flwr run ... --run-config 'out=\"DIR\"'")
         opts = options if options is not None else FlowerOptions.from_run_config(context.run_config)
+        from flwr.superlink.grid import http_grid
+
+        if isinstance(grid, http_grid.HttpGrid):  # deployment: pull replies without the 1 s wait
+            short_object_backoff(http_grid)
         summary = run_codream(
             grid,
             parse_config(config_text),

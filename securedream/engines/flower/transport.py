@@ -145,7 +145,9 @@ class FlowerLink:
             probe = ()
             hello = m.content({"config": config_digest})
             requests = [(node, node, m.HELLO, hello) for node in nodes]
-            timeout = min(self.timeout, 60.0) if wait <= 0 else max(1.0, min(self.timeout, wait))
+            timeout = min(self.timeout, 60.0)
+            if wait > 0:  # at start-up a node's first message loads its data: give it the wait
+                timeout = max(1.0, deadline - time.monotonic())
             for node, reply in self._send(requests, timeout).items():
                 asked.add(node)
                 if isinstance(reply, str):
@@ -192,6 +194,9 @@ class FlowerLink:
         if client not in self.failed:
             log.warning("client %d is out for this round: %s", client, reason)
         self.failed.setdefault(client, reason)
+
+    def failures(self) -> str:
+        return "; ".join(f"client {k}: {r}" for k, r in sorted(self.failed.items())) or "none"
 
     # --- exchange -----------------------------------------------------------------------------
     def exchange(
@@ -409,7 +414,7 @@ class FlowerPlainAggregator(Aggregator):
         if not values:
             raise FlowerRunError(
                 f"round {self.cohort.round_index}, {channel.value} step {step}: no client "
-                f"answered ({self._reasons()})"
+                f"answered ({self.link.failures()})"
             )
         total = torch.zeros(shape, dtype=torch.float32)
         for k in sorted(values):
@@ -420,16 +425,13 @@ class FlowerPlainAggregator(Aggregator):
             total=total.to(first.device), contributors=tuple(sorted(values)), bytes_up=sent
         )
 
-    def _reasons(self) -> str:
-        return "; ".join(f"client {k}: {r}" for k, r in sorted(self.link.failed.items()))
-
 
 class FlowerSecureAggregator(SecureAggregator):
     """Secure aggregation over Flower: the protocol Server here, each protocol Client in its node.
 
     Same parameters, encoding and simulated-dropout schedule as :class:`SecureAggregator` (it is
     one), so a run gives the same sums as in-process; the rounding-stream position of each client
-    (see ``clientside.rounding_source``) is sent along so even the stochastic rounding matches.
+    (``securedream.contribution.rounding_stream``) is sent along so even the rounding matches.
     """
 
     def __init__(
@@ -501,11 +503,13 @@ class FlowerSecureAggregator(SecureAggregator):
         except protocols.TooFewSurvivors as exc:
             raise SecureAggregationAborted(
                 f"round {self.round_index}: fewer than t={self.threshold} clients survived "
-                f"({exc}); failures: {self._reasons()}"
+                f"({exc}); failures: {self.link.failures()}"
             ) from exc
-
-    def _reasons(self) -> str:
-        return "; ".join(f"client {k}: {r}" for k, r in sorted(self.link.failed.items())) or "none"
+        except protocols.InvalidShare as exc:
+            raise SecureAggregationAborted(
+                f"round {self.round_index}: a client's key share failed verification, "
+                f"aggregation aborted ({exc})"
+            ) from exc
 
     def end_round(self) -> None:
         if self.server is not None:
