@@ -160,6 +160,10 @@ def run_experiment(
     on_round_end: RoundCallback | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) ``cfg`` writing into ``out``; returns the summary."""
+    if cfg.clients.population:  # stacked clients and sampling: securedream.population
+        from securedream.population.run import run_population
+
+        return run_population(cfg, out, resume=resume)
     folder = RunFolder(out)
     torch.use_deterministic_algorithms(True, warn_only=True)
     if cfg.threads > 0:
