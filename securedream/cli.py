@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--json", action="store_true", help="print JSON instead of a table")
     acc.add_argument("--quiet", action="store_true", help="no progress bars")
     bench_sub.add_parser("secagg", help="secure aggregation protocol benchmark", add_help=False)
+    bench_sub.add_parser("speed", help="dream-step, training and SecAgg times", add_help=False)
     private = bench_sub.add_parser(
         "private", help="plain vs SecAgg vs SecAgg + DP (central, distributed) at several ε"
     )
@@ -215,6 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from securedream.bench.secagg import main as secagg_main
 
         return secagg_main(argv[2:])
+    if argv[:2] == ["bench", "speed"]:  # own parser too (securedream.bench.speed)
+        from securedream.bench.speed import main as speed_main
+
+        return speed_main(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
