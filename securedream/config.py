@@ -105,6 +105,9 @@ class DreamsConfig:
     adaptive_from_round: int = _spec(10, low=1, high=1_000_000)
     adaptive_weight: float = _spec(10.0, low=0.0, high=1e6)
     server_model: str = _spec("cnn-bn", help="server student architecture (adaptive term)")
+    soft_labels: str = _spec(
+        "logits", choices=("logits", "votes"), help="release logits, or one-hot votes (population)"
+    )
 
 
 @dataclass(frozen=True)
@@ -339,6 +342,8 @@ def _validate_cross_fields(cfg: RunConfig) -> None:
 def _validate_population(cfg: RunConfig) -> None:
     """Client sampling exists only in the population engine, which is non-private for now."""
     c = cfg.clients
+    if not c.population and cfg.dreams.soft_labels != "logits":
+        raise ConfigError("dreams.soft_labels", "'votes' needs clients.population = true")
     if not c.population:
         for key, value, default in (
             ("sample_rate", c.sample_rate, 1.0),

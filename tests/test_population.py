@@ -218,3 +218,42 @@ def test_population_config_errors_name_the_key(overrides: list[str], key: str) -
     with pytest.raises(ConfigError) as info:
         resolve_config(preset="smoke", overrides=overrides)
     assert key in str(info.value)
+
+
+def test_votes_have_sensitivity_sqrt_b_and_round_trip_to_logits() -> None:
+    from securedream.population.votes import one_hot_votes, vote_sensitivity, votes_to_logits
+
+    logits = torch.randn(5, 16, 10, generator=torch.Generator().manual_seed(0)) * 50
+    votes = one_hot_votes(logits)
+    norms = torch.linalg.vector_norm(votes.flatten(1), dim=1)
+    torch.testing.assert_close(norms, torch.full((5,), vote_sensitivity(16)))
+    assert torch.equal(votes.argmax(-1), logits.argmax(-1))
+    fractions = votes.sum(0) / 5
+    t = 4.0
+    target = torch.softmax(votes_to_logits(fractions, t) / t, dim=-1)
+    floored = fractions.clamp_min(1e-3)
+    torch.testing.assert_close(target, floored / floored.sum(-1, keepdim=True))
+
+
+@pytest.mark.slow  # ~30 s unloaded (28x28 MNIST, two architectures, local dream steps)
+def test_cross_device_preset_runs_tiny_with_votes(tmp_path) -> None:
+    from securedream.population.run import run_population
+
+    cfg = resolve_config(
+        preset="cross-device",
+        overrides=[
+            "clients.count=20",
+            "clients.sample_rate=0.3",
+            "dreams.global_steps=2",
+            "dreams.local_steps=2",
+            "rounds=1",
+            "threads=1",
+            "data.test_size=100",
+        ],
+    )
+    assert cfg.dreams.soft_labels == "votes" and cfg.clients.population
+    summary = run_population(cfg, tmp_path / "run")
+    assert summary["engine"] == "population" and summary["architectures"] == 2
+    assert 0.0 <= summary["final_mean_accuracy"] <= 1.0
+    with pytest.raises(ConfigError, match=r"dreams\.soft_labels"):
+        resolve_config(preset="smoke", overrides=['dreams.soft_labels="votes"'])

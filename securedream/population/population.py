@@ -19,6 +19,7 @@ import torch
 from securedream.dreams import DreamLossWeights
 from securedream.models import build_model
 from securedream.population.stacked import StackedGroup
+from securedream.population.votes import one_hot_votes
 from securedream.rounds.client import DistillSettings, LocalTrainingConfig, minibatches
 from securedream.seeding import derive_seed
 
@@ -71,6 +72,7 @@ class Population:
         if not len(model_names) == len(data_x) == len(data_y):
             raise ValueError("model_names, data_x and data_y: one entry per client")
         self.count = len(model_names)
+        self.votes = False  # True: dream_logits answers one-hot votes (population/votes.py)
         self.training = training
         self.device = device
         keys = sorted(
@@ -137,6 +139,8 @@ class Population:
             group = self.groups[g]
             if kind == "logits":
                 values = group.logits(rows, dreams)
+                if self.votes:
+                    values = one_hot_votes(values)
                 terms: dict[str, float] = {}
             elif kind == "gradient":
                 values, dterms = group.dream_gradients(rows, dreams, *args)  # type: ignore[arg-type]

@@ -27,6 +27,7 @@ from securedream.dreams import DreamLossWeights
 from securedream.errors import RunFolderError
 from securedream.population.population import Population
 from securedream.population.sampling import CohortSampler, SamplingSettings
+from securedream.population.votes import votes_to_logits
 from securedream.rounds.client import DistillSettings, LocalTrainingConfig
 from securedream.rounds.experiment import resolve_device
 from securedream.rounds.server import DreamingSettings, collaborative_dreaming
@@ -99,6 +100,7 @@ class PopulationExperiment:
             training=self.training,
             device=self.device,
         )
+        self.population.votes = cfg.dreams.soft_labels == "votes"
         c = cfg.clients
         self.sampler = CohortSampler(
             c.count,
@@ -188,7 +190,11 @@ class PopulationExperiment:
         finally:
             self.aggregator.end_round()
         seconds["dreaming"] = time.perf_counter() - start
-        self.buffer.extend(outcome.snapshots)
+        snapshots = outcome.snapshots
+        if self.population.votes:  # vote fractions -> logits the distillation KL can target
+            t = cfg.distill.temperature
+            snapshots = [(x, votes_to_logits(s, t)) for x, s in snapshots]
+        self.buffer.extend(snapshots)
 
         start = time.perf_counter()
         distill_loss: dict[int, float] = {}
@@ -203,7 +209,7 @@ class PopulationExperiment:
         acc = self.population.evaluate(self.eval_ids, self.data.test_x, self.data.test_y)
         seconds["evaluation"] = time.perf_counter() - start
         values = list(acc.values())
-        soft = outcome.snapshots[-1][1]
+        soft = snapshots[-1][1]
         comm = self.ledger.snapshot()
         return {
             "round": round_index,
