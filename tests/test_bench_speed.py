@@ -11,12 +11,24 @@ from securedream.cli import main
 
 def test_cohort_speed_json(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(
-        ["bench", "speed", "--cohorts", "1,3", "--dream-batch", "2", "--repeats", "1", "--json"]
+        [
+            "bench",
+            "speed",
+            "--cohorts",
+            "1,3",
+            "--dream-batch",
+            "2",
+            "--repeats",
+            "1",
+            "--loop",
+            "--json",
+        ]
     )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result["step_ms"]) == {"1", "3"}
     assert result["ratio_to_smallest"]["1"] == 1.0
+    assert set(result["loop_step_ms"]) == {"1", "3"}
     assert result["device"] == "cpu" and len(result["loadavg"]) == 3
 
 

@@ -10,7 +10,8 @@ Three measurements, each printed as one JSON object with ``--json`` (else a shor
   sampling rate ``--rate``, ``--rounds`` rounds of the smoke dream settings; wall time and peak
   resident memory (``resource.getrusage``).
 * ``--cohorts 4,100``: one dream-gradient step of a sampled cohort of each size, all clients of one
-  architecture, batched with ``torch.func``; time per step and the ratio to the smallest cohort.
+  architecture, batched with ``torch.func``; time per step and the ratio to the smallest cohort
+  (``--loop`` also times the per-client loop the in-process engine runs).
 
 Every result carries the machine's load average and thread count: on a shared machine a figure
 means little without them.
@@ -144,7 +145,12 @@ def population_speed(
 
 
 def cohort_speed(
-    cohorts: Sequence[int], model: str, device: torch.device, repeats: int, dream_batch: int
+    cohorts: Sequence[int],
+    model: str,
+    device: torch.device,
+    repeats: int,
+    dream_batch: int,
+    loop: bool = False,
 ) -> dict[str, Any]:
     """Median seconds of one batched dream-gradient step for cohorts of the given sizes."""
     from securedream.dreams import DreamLossWeights
@@ -173,6 +179,24 @@ def cohort_speed(
             _sync(device)
             samples.append(time.perf_counter() - t)
         times[size] = statistics.median(samples)
+    if loop:  # the per-client path the in-process engine takes: one CoDreamClient call each
+        from securedream.rounds.client import CoDreamClient, LocalTrainingConfig
+
+        training = LocalTrainingConfig(lr=0.01, momentum=0.9, weight_decay=0.0, batch_size=32)
+        empty = torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long)
+        clients = [CoDreamClient(k, m, *empty, training, device) for k, m in enumerate(models)]
+        loop_times = {}
+        for size in cohorts:
+            samples = []
+            for _ in range(repeats):
+                _sync(device)
+                t = time.perf_counter()
+                for client in clients[:size]:
+                    client.dream_gradient(dreams, weights)
+                _sync(device)
+                samples.append(time.perf_counter() - t)
+            loop_times[size] = statistics.median(samples)
+        result["loop_step_ms"] = {str(k): 1e3 * v for k, v in loop_times.items()}
     smallest = min(cohorts)
     result["step_ms"] = {str(k): 1e3 * v for k, v in times.items()}
     result["ratio_to_smallest"] = {str(k): v / times[smallest] for k, v in times.items()}
@@ -196,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="cnn-bn", help="architecture for --cohorts")
     p.add_argument("--dream-batch", type=int, default=32, help="dreams per step for --cohorts")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--loop", action="store_true", help="--cohorts: also time the per-client loop")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
@@ -229,7 +254,9 @@ def main(argv: Sequence[str]) -> int:
             from securedream.rounds.experiment import resolve_device
 
             device = resolve_device(args.device or "cpu")
-            result = cohort_speed(cohorts, args.model, device, args.repeats, args.dream_batch)
+            result = cohort_speed(
+                cohorts, args.model, device, args.repeats, args.dream_batch, args.loop
+            )
     except ConfigError as exc:
         print(f"securedream bench speed: {exc}", file=sys.stderr)
         return 2
