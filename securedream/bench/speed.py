@@ -106,6 +106,7 @@ def population_speed(
 ) -> dict[str, Any]:
     """Wall time and peak memory of a sampled population run with the smoke dream settings."""
     from securedream.population.run import run_population
+    from securedream.rounds.experiment import resolve_device
 
     cfg = resolve_config(
         preset="smoke",
@@ -140,7 +141,7 @@ def population_speed(
         "final_mean_accuracy": summary["final_mean_accuracy"],
         "eval_clients": summary["eval_clients"],
         "loadavg_before": load_before,
-        **_machine(torch.device(cfg.device if cfg.device != "auto" else "cpu")),
+        **_machine(resolve_device(cfg.device)),
     }
 
 
