@@ -122,10 +122,13 @@ def population_speed(
         ],
     )
     load_before = list(os.getloadavg())
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_before = before.ru_utime + before.ru_stime
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         summary = run_population(cfg, out)
     wall = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "clients": clients,
         "samples_per_client": samples,
@@ -137,7 +140,9 @@ def population_speed(
         "wall_s": wall,
         "build_s": summary["timing"]["build_seconds"],
         "stage_seconds_total": summary["timing"]["stage_seconds_total"],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        # CPU seconds of this process: on a shared machine, wall time / cpu time shows contention
+        "cpu_s": usage.ru_utime + usage.ru_stime - cpu_before,
         "final_mean_accuracy": summary["final_mean_accuracy"],
         "eval_clients": summary["eval_clients"],
         "loadavg_before": load_before,
