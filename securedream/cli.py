@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="in-process vs Flower simulation vs deployment, plain and secure",
         add_help=False,
     )
+    bench_sub.add_parser("speed", help="dream-step, training and SecAgg times", add_help=False)
     private = bench_sub.add_parser(
         "private", help="plain vs SecAgg vs SecAgg + DP (central, distributed) at several ε"
     )
@@ -289,6 +290,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from securedream.bench.engines import main as engines_main
 
         return engines_main(argv[2:])
+    if argv[:2] == ["bench", "speed"]:  # own parser too (securedream.bench.speed)
+        from securedream.bench.speed import main as speed_main
+
+        return speed_main(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet_library_warnings()

@@ -74,6 +74,16 @@ class ClientsConfig:
     batch_size: int = _spec(32, low=1, high=65536)
     local_epochs: int = _spec(2, low=0, high=10_000, help="local epochs per round")
     warmup_epochs: int = _spec(0, low=0, high=10_000, help="local epochs before round 1")
+    population: bool = _spec(
+        False, help="hold clients as stacked per-architecture models (securedream.population)"
+    )
+    sample_rate: float = _spec(
+        1.0, low=0.0, low_open=True, high=1.0, help="Poisson client sampling rate q (population)"
+    )
+    sampling: str = _spec("release", choices=("release", "round"), help="fresh cohort per ...")
+    max_participations: int = _spec(
+        0, low=0, high=10_000_000, help="cohorts a client may join over the run; 0 = no cap"
+    )
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,9 @@ class DreamsConfig:
     adaptive_from_round: int = _spec(10, low=1, high=1_000_000)
     adaptive_weight: float = _spec(10.0, low=0.0, high=1e6)
     server_model: str = _spec("cnn-bn", help="server student architecture (adaptive term)")
+    soft_labels: str = _spec(
+        "logits", choices=("logits", "votes"), help="release logits, or one-hot votes (population)"
+    )
 
 
 @dataclass(frozen=True)
@@ -217,6 +230,8 @@ class RunConfig:
     def client_models(self) -> list[str]:
         """Model name of each client (a single name applies to every client)."""
         models = self.clients.models
+        if self.clients.population:  # a population cycles through its architectures
+            return [models[k % len(models)] for k in range(self.clients.count)]
         return list(models) * self.clients.count if len(models) == 1 else list(models)
 
 
@@ -326,7 +341,7 @@ def _validate_cross_fields(cfg: RunConfig) -> None:
             f"got {cfg.name!r}",
         )
     models = cfg.clients.models
-    if len(models) not in (1, cfg.clients.count):
+    if len(models) not in (1, cfg.clients.count) and not cfg.clients.population:
         raise ConfigError(
             "clients.models",
             f"must list 1 model or one per client ({cfg.clients.count}), got {len(models)}",
@@ -350,8 +365,34 @@ def _validate_cross_fields(cfg: RunConfig) -> None:
         )
     if cfg.data.dataset in ("mnist", "fashionmnist", "cifar10", "svhn") and not cfg.data.root:
         raise ConfigError("data.root", f"is required for dataset {cfg.data.dataset!r}")
+    _validate_population(cfg)
     _validate_diagnostics(cfg)
     _validate_privacy(cfg)
+
+
+def _validate_population(cfg: RunConfig) -> None:
+    """Client sampling exists only in the population engine, which is non-private for now."""
+    c = cfg.clients
+    if not c.population and cfg.dreams.soft_labels != "logits":
+        raise ConfigError("dreams.soft_labels", "'votes' needs clients.population = true")
+    if not c.population:
+        for key, value, default in (
+            ("sample_rate", c.sample_rate, 1.0),
+            ("max_participations", c.max_participations, 0),
+        ):
+            if value != default:
+                raise ConfigError(f"clients.{key}", "needs clients.population = true")
+        return
+    if cfg.method != "codream":
+        raise ConfigError("clients.population", f"applies to method codream, not {cfg.method!r}")
+    if cfg.secure_aggregation.enabled or cfg.privacy.placement != "off" or cfg.privacy.sample_level:
+        raise ConfigError(
+            "clients.population",
+            "secure or private population runs are not implemented yet (set it false, or turn "
+            "off secure_aggregation.enabled, privacy.placement and privacy.sample_level)",
+        )
+    if cfg.dreams.adaptive:
+        raise ConfigError("clients.population", "does not support dreams.adaptive yet")
 
 
 def _validate_diagnostics(cfg: RunConfig) -> None:

@@ -169,6 +169,10 @@ def run_experiment(
     stopped before its first checkpoint starts again from round 0 with its config.
     ``refuse_existing``: refuse (rather than overwrite) a folder that already holds a run.
     """
+    if cfg.clients.population:  # stacked clients and sampling: securedream.population
+        from securedream.population.run import run_population
+
+        return run_population(cfg, out, resume=resume)
     folder = RunFolder(out)
     with folder.lock():
         if refuse_existing and folder.config_path.exists():

@@ -112,12 +112,17 @@ def collaborative_dreaming(
     student: torch.nn.Module | None = None,
     on_step: Callable[[int], None] | None = None,
     per_client_diagnostics: bool = True,
+    cohort: Callable[[int], Sequence[DreamingClient]] | None = None,
 ) -> DreamingOutcome:
     """Optimise one dream batch for ``settings.steps`` aggregations; return the snapshots.
 
     With ``per_client_diagnostics`` False (a secure or private run, see
     :mod:`securedream.diagnostics`) the loop keeps nothing of a client's response but what goes
     into the aggregator: no contribution norms, no dream-loss terms.
+
+    ``cohort`` (client sampling, :mod:`securedream.population`) names the clients asked for each
+    release, by release index (global steps and snapshots counted together); without it every
+    client answers every release. ``public_count`` stays the divisor either way.
     """
     dreams = initial.detach().clone()
     param = torch.nn.Parameter(dreams)
@@ -128,7 +133,8 @@ def collaborative_dreaming(
 
     for step in range(settings.steps):
         current = param.detach()
-        active = _active(clients, aggregator)
+        asked = clients if cohort is None else cohort(outcome.aggregations + len(outcome.snapshots))
+        active = _active(asked, aggregator)
         ledger.received([c.client_id for c in active], tensor_bytes(current), "dreams")
         responses: dict[int, torch.Tensor] = {}
         terms: list[dict[str, float]] = []
@@ -171,6 +177,9 @@ def collaborative_dreaming(
                 _soft_labels(
                     param.detach(),
                     clients,
+                    clients
+                    if cohort is None
+                    else cohort(outcome.aggregations + len(outcome.snapshots)),
                     aggregator,
                     step,
                     public_count,
@@ -187,6 +196,7 @@ def collaborative_dreaming(
 def _soft_labels(
     dreams: torch.Tensor,
     clients: Sequence[DreamingClient],
+    asked: Sequence[DreamingClient],
     aggregator: Aggregator,
     step: int,
     public_count: int,
@@ -195,7 +205,7 @@ def _soft_labels(
     per_client_diagnostics: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean client logits on the dreams, obtained only as an aggregate."""
-    active = _active(clients, aggregator)
+    active = _active(asked, aggregator)
     ledger.received([c.client_id for c in active], tensor_bytes(dreams), "dreams")
     logits = {c.client_id: c.dream_logits(dreams).to(dreams.device) for c in active}
     if per_client_diagnostics:
@@ -207,6 +217,7 @@ def _soft_labels(
     soft = result.total.to(dreams.device) / public_count
     # every client distils from the buffer, so clients that dropped get the dreams here too
     ledger.received([c.client_id for c in clients], tensor_bytes(soft), "soft_labels")
-    missed = [c.client_id for c in clients if c not in active]
+    answered = {c.client_id for c in active}
+    missed = [c.client_id for c in clients if c.client_id not in answered]
     ledger.received(missed, tensor_bytes(dreams), "dreams")
     return dreams.clone(), soft
