@@ -172,7 +172,8 @@ def run_experiment(
     if cfg.clients.population:  # stacked clients and sampling: securedream.population
         from securedream.population.run import run_population
 
-        return run_population(cfg, out, resume=resume)
+        with RunFolder(out).lock():  # one process per run folder, as below
+            return run_population(cfg, out, resume=resume)
     folder = RunFolder(out)
     with folder.lock():
         if refuse_existing and folder.config_path.exists():
