@@ -88,6 +88,9 @@ class DreamsConfig:
     w_bn: float = _spec(10.0, low=0.0, high=1e6)
     w_diversity: float = _spec(0.0, low=0.0, high=1e6, help="DAFL batch-marginal entropy term")
     w_feature: float = _spec(1.0, low=0.0, high=1e6, help="weight of privacy.feature_stats term")
+    w_target: float = _spec(
+        0.0, low=0.0, high=1e6, help="cross-entropy to class-balanced dream labels (i mod K)"
+    )
     local_steps: int = _spec(1, low=1, high=10_000, help="client Adam steps per aggregation")
     local_lr: float = _spec(0.05, low=0.0, low_open=True, high=100.0)
     server_update: str = _spec("fedavg", choices=("fedavg", "fedadam"), help="with local_steps>1")

@@ -212,6 +212,16 @@ def _row(variant: SampleVariant, records: list[dict[str, Any]]) -> SampleBenchRo
     )
 
 
+def rows_from_log(path: Path) -> list[SampleBenchRow]:
+    """Rows from a bench's ``runs.jsonl``: the runs finished so far (interrupted benches too)."""
+    groups: dict[SampleVariant, list[dict[str, Any]]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        variant = SampleVariant(record["method"], record["epsilon"], record["feature_stats"])
+        groups.setdefault(variant, []).append(record)
+    return [_row(v, records) for v, records in groups.items()]
+
+
 def rows_json(rows: Sequence[SampleBenchRow]) -> str:
     return json.dumps([asdict(r) for r in rows], indent=2)
 

@@ -26,12 +26,18 @@ class DreamLossWeights:
     bn: float = 10.0
     diversity: float = 0.0
     feature: float = 0.0  # DP feature-statistics term (GroupNorm models, privacy/feature_stats)
+    target: float = 0.0  # cross-entropy to public, class-balanced dream labels
 
 
 def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of H(softmax(logits)); minimising it makes dreams confident."""
     log_p = F.log_softmax(logits, dim=1)
     return -(log_p.exp() * log_p).sum(dim=1).mean()
+
+
+def balanced_targets(batch_size: int, num_classes: int, device: torch.device) -> torch.Tensor:
+    """Dream i aims at class i mod K: public labels (no client sends or learns anything new)."""
+    return torch.arange(batch_size, device=device) % num_classes
 
 
 def batch_marginal_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -91,6 +97,11 @@ def dream_loss(
         features.loss().to(x.device) if features is not None else torch.zeros((), device=x.device)
     )
     diversity = batch_marginal_entropy(logits)
+    target = (
+        F.cross_entropy(logits, balanced_targets(len(x), logits.shape[1], x.device))
+        if weights.target > 0
+        else torch.zeros((), device=x.device)
+    )
     loss = (
         weights.entropy * entropy
         + weights.tv * tv
@@ -98,6 +109,7 @@ def dream_loss(
         + weights.bn * bn
         - weights.diversity * diversity
         + weights.feature * feature
+        + weights.target * target
     )
     terms = {
         "entropy": float(entropy.detach()),
@@ -106,6 +118,7 @@ def dream_loss(
         "bn": float(bn.detach()),
         "diversity": float(diversity.detach()),
         "feature": float(feature.detach()),
+        "target": float(target.detach()),
         "total": float(loss.detach()),
     }
     return loss, terms, logits

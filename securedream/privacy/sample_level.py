@@ -261,30 +261,20 @@ def calibrate_sgd_noise(
     feature_releases: int,
     feature_noise_multiplier: float,
     accountant: str,
-    tolerance: float = 0.01,
+    tolerance: float = 0.005,
 ) -> float:
     """The DP-SGD z for which the whole ledger spends ε ∈ [target − tolerance, target].
 
-    Without feature releases this is Opacus's ``get_noise_multiplier``; with them, the same
-    bisection over the composed history [(z, q, steps), (z_f, 1, releases)].
+    Without feature releases this is Opacus's ``get_noise_multiplier`` (via
+    ``accounting.noise_for_epsilon``); with them, the same bisection over the composed history
+    [(z, q, steps), (z_f, 1, releases)].
     """
     if sgd_steps == 0:
         return 0.0
     if feature_releases == 0:
-        from opacus.accountants.utils import get_noise_multiplier
+        from securedream.privacy.accounting import noise_for_epsilon
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return float(
-                get_noise_multiplier(
-                    target_epsilon=target_epsilon,
-                    target_delta=delta,
-                    sample_rate=sample_rate,
-                    steps=sgd_steps,
-                    accountant=accountant,
-                    epsilon_tolerance=tolerance,
-                )
-            )
+        return noise_for_epsilon(target_epsilon, delta, sgd_steps, accountant, sample_rate)
     fixed = [(feature_noise_multiplier, 1.0, feature_releases)]
     alone = ledger_epsilon(fixed, delta, accountant)
     if alone >= target_epsilon - tolerance:

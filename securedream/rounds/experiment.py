@@ -175,6 +175,7 @@ class Experiment:
             d.w_bn,
             d.w_diversity,
             feature=d.w_feature if self.cfg.privacy.feature_stats else 0.0,
+            target=d.w_target,
         )
 
     def dreaming_settings(self, round_index: int) -> DreamingSettings:
