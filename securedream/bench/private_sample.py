@@ -35,17 +35,23 @@ class SampleVariant:
     epsilon: float | None
     feature_stats: bool
 
-    def overrides(self) -> list[str]:
+    def overrides(self, base: RunConfig) -> list[str]:
+        """``base`` with this row's method and privacy; the feature-statistics noise is scaled as
+        z_f · ε_base / ε so that the feature releases take about the same share of every ε."""
         sets = [
             f'method="{self.method}"',
             f"privacy.feature_stats={str(self.feature_stats).lower()}",
         ]
         if self.epsilon is None:
             return [*sets, "privacy.sample_level=false"]
+        p = base.privacy
+        reference = p.sample_target_epsilon or 4.0
+        feature_z = p.feature_noise_multiplier * reference / self.epsilon
         return [
             *sets,
             "privacy.sample_level=true",
             f"privacy.sample_target_epsilon={self.epsilon}",
+            f"privacy.feature_noise_multiplier={feature_z}",
         ]
 
     @property
@@ -69,6 +75,7 @@ class SampleBenchRow:
     epsilon_prv: float | None = None
     epsilon_rdp: float | None = None
     noise_multiplier: float | None = None
+    feature_noise_multiplier: float | None = None
     seeds: list[int] = field(default_factory=list)
 
 
@@ -147,7 +154,7 @@ def run_sample_bench(
         methods=methods,
     )
     configs = [
-        (v, config_from_dict(apply_overrides(config_to_dict(base), v.overrides())))
+        (v, config_from_dict(apply_overrides(config_to_dict(base), v.overrides(base))))
         for v in variants
     ]
     jobs = [(v, cfg, base.seed + s) for s in range(seeds) for v, cfg in configs]
@@ -174,6 +181,7 @@ def run_sample_bench(
             "epsilon_prv": sample.get("epsilon_max_prv"),
             "epsilon_rdp": sample.get("epsilon_max_rdp"),
             "noise_multiplier": sample.get("noise_multiplier"),
+            "feature_noise_multiplier": (sample.get("feature_stats") or {}).get("noise_multiplier"),
         }
         results[variant].append(record)
         with log.open("a", encoding="utf-8") as f:
@@ -208,6 +216,7 @@ def _row(variant: SampleVariant, records: list[dict[str, Any]]) -> SampleBenchRo
         epsilon_prv=worst("epsilon_prv"),
         epsilon_rdp=worst("epsilon_rdp"),
         noise_multiplier=worst("noise_multiplier"),
+        feature_noise_multiplier=worst("feature_noise_multiplier"),
         seeds=[r["seed"] for r in records],
     )
 
