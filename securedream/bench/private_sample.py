@@ -242,8 +242,8 @@ def format_sample_table(rows: Sequence[SampleBenchRow], cfg: RunConfig) -> str:
         f"Dirichlet α = {cfg.data.alpha}, {cfg.rounds} rounds; final-round mean client test "
         f"accuracy, mean ± std over seeds; per-client sample-level ε at δ = {cfg.privacy.delta}",
         "",
-        "| method | feature stats | ε target | ε PRV / RDP | z (DP-SGD) | accuracy | per seed "
-        "| s / run |",
+        "| method | feature stats | ε target | ε PRV / RDP | z DP-SGD / features | accuracy "
+        "| per seed | s / run |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -251,6 +251,8 @@ def format_sample_table(rows: Sequence[SampleBenchRow], cfg: RunConfig) -> str:
         target = "no DP" if r.epsilon is None else f"{r.epsilon:g}"
         eps = f"{r.epsilon_prv:.2f} / {r.epsilon_rdp:.2f}" if r.epsilon_prv is not None else "-"
         z = f"{r.noise_multiplier:.3g}" if r.noise_multiplier is not None else "-"
+        if r.feature_noise_multiplier is not None and r.noise_multiplier is not None:
+            z += f" / {r.feature_noise_multiplier:.3g}"
         per_seed = ", ".join(f"{a:.3f}" for a in r.accuracy_per_seed)
         lines.append(
             f"| {r.method} | {fs} | {target} | {eps} | {z} | "
