@@ -86,6 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_arguments(private, "demo")
     private.add_argument("--epsilons", default="1,4,8", help="comma-separated ε (default 1,4,8)")
+    private.add_argument(
+        "--mode",
+        choices=("client", "sample"),
+        default="client",
+        help="client: client-level DP on the aggregates (default, preset demo); sample: per-client "
+        "DP-SGD, CoDream vs Independent vs FedAvg over seeds (preset private-demo)",
+    )
+    private.add_argument("--seeds", type=int, default=3, metavar="N", help="--mode sample: seeds")
+    private.add_argument(
+        "--ablation",
+        default="4",
+        metavar="EPS,...",
+        help="--mode sample: ε values at which CoDream also runs with privacy.feature_stats "
+        "flipped (default 4; 'none' to skip)",
+    )
     private.add_argument("--out", metavar="DIR", help="folder for the runs (default: temp)")
     private.add_argument("--json", action="store_true", help="print JSON instead of a table")
     private.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -97,6 +97,10 @@ class DreamsConfig:
     w_l2: float = _spec(3e-8, low=0.0, high=1e6)
     w_bn: float = _spec(10.0, low=0.0, high=1e6)
     w_diversity: float = _spec(0.0, low=0.0, high=1e6, help="DAFL batch-marginal entropy term")
+    w_feature: float = _spec(1.0, low=0.0, high=1e6, help="weight of privacy.feature_stats term")
+    w_target: float = _spec(
+        0.0, low=0.0, high=1e6, help="cross-entropy to class-balanced dream labels (i mod K)"
+    )
     local_steps: int = _spec(1, low=1, high=10_000, help="client Adam steps per aggregation")
     local_lr: float = _spec(0.05, low=0.0, low_open=True, high=100.0)
     server_update: str = _spec("fedavg", choices=("fedavg", "fedadam"), help="with local_steps>1")
@@ -177,6 +181,19 @@ class PrivacyConfig:
     sample_level: bool = _spec(False, help="Opacus DP-SGD for local training")
     sample_noise_multiplier: float = _spec(1.0, low=0.0, high=1e6)
     sample_clip: float = _spec(1.0, low=0.0, low_open=True, high=1e6)
+    # sample-level additions (owner i12; privacy/sample_level.py, privacy/feature_stats.py)
+    sample_target_epsilon: float = _spec(
+        0.0, low=0.0, high=1e6, help="> 0: calibrate the DP-SGD z so the whole run spends this ε"
+    )
+    feature_stats: bool = _spec(
+        False, help="GroupNorm feature-statistics dream term (DP release with sample_level)"
+    )
+    feature_clip: float = _spec(
+        5.0, low=0.0, low_open=True, high=1e6, help="per-example feature-vector clip norm"
+    )
+    feature_noise_multiplier: float = _spec(
+        5.0, low=0.0, low_open=True, high=1e6, help="z of each round's feature-statistics release"
+    )
 
 
 @dataclass(frozen=True)
@@ -363,6 +380,7 @@ def _validate_cross_fields(cfg: RunConfig) -> None:
             f"must be in [1, dreams.global_steps={cfg.dreams.global_steps}], "
             f"got {cfg.dreams.snapshots}",
         )
+    _validate_sample_level(cfg)
     if cfg.data.dataset in ("mnist", "fashionmnist", "cifar10", "svhn") and not cfg.data.root:
         raise ConfigError("data.root", f"is required for dataset {cfg.data.dataset!r}")
     _validate_population(cfg)
@@ -425,7 +443,7 @@ CLIENT_LEVEL_KEYS = (
     "reproducible_noise",
 )
 SAMPLE_LEVEL_KEYS = ("sample_noise_multiplier", "sample_clip")
-SHARED_KEYS = ("delta", "accountant")  # also read by sample-level DP-SGD
+SHARED_KEYS = ("delta", "accountant", "reproducible_noise")  # also read by DP-SGD
 
 
 def client_dp_off(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -500,6 +518,34 @@ def _validate_privacy(cfg: RunConfig) -> None:
             raise ConfigError(
                 "privacy.accountant",
                 'distributed (Skellam) noise is accounted with RDP; set accountant = "rdp"',
+            )
+
+
+def _validate_sample_level(cfg: RunConfig) -> None:
+    """Sample-level DP and feature statistics need GroupNorm models and no BatchNorm."""
+    p = cfg.privacy
+    if not (p.sample_level or p.feature_stats):
+        return
+    from torch import nn
+
+    from securedream.models import build_model, has_batchnorm
+
+    names = set(cfg.client_models())
+    if cfg.method == "fedavg" and cfg.baselines.fedavg_model:
+        names = {cfg.baselines.fedavg_model}
+    for name in sorted(names):
+        model = build_model(name, in_channels=1, num_classes=10, image_size=8)
+        if p.sample_level and has_batchnorm(model):
+            raise ConfigError(
+                "clients.models",
+                f"{name!r} has BatchNorm; privacy.sample_level needs GroupNorm models "
+                "such as cnn-gn, cnn-gn-wide, cnn-gn-deep",
+            )
+        if p.feature_stats and not any(isinstance(m, nn.GroupNorm) for m in model.modules()):
+            raise ConfigError(
+                "privacy.feature_stats",
+                f"{name!r} has no GroupNorm layers to measure; use cnn-gn, cnn-gn-wide or "
+                "cnn-gn-deep, or set privacy.feature_stats = false",
             )
 
 

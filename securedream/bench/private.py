@@ -60,6 +60,8 @@ def run_private_bench(args: argparse.Namespace) -> int:
     from securedream.cli import _resolve
     from securedream.engines.inprocess import run_experiment
 
+    if getattr(args, "mode", "client") == "sample":
+        return _run_sample_mode(args)
     epsilons = parse_epsilons(args.epsilons)
     base = _resolve(args)
     out_root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="securedream-private-"))
@@ -94,6 +96,37 @@ def run_private_bench(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         print(format_table(rows))
+        print(f"runs in: {out_root}")
+    return 0
+
+
+def _run_sample_mode(args: argparse.Namespace) -> int:
+    """``--mode sample``: parse the CLI's values and hand plain values to the bench."""
+    from securedream.bench.private_sample import (
+        format_sample_table,
+        rows_json,
+        run_sample_bench,
+    )
+    from securedream.cli import _resolve
+
+    epsilons = parse_epsilons(args.epsilons)
+    ablation = [] if args.ablation.strip().lower() == "none" else parse_epsilons(args.ablation)
+    if args.preset is None and args.config is None:
+        args.preset = "private-demo"
+    base = _resolve(args)
+    out_root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="securedream-sample-"))
+    rows = run_sample_bench(
+        base,
+        epsilons,
+        args.seeds,
+        out_root,
+        ablation_epsilons=ablation,
+        progress_bars=not args.quiet,
+    )
+    if args.json:
+        print(rows_json(rows))
+    else:
+        print(format_sample_table(rows, base))
         print(f"runs in: {out_root}")
     return 0
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from securedream.dreams.bn_hooks import BatchNormStatistics
+from securedream.privacy.feature_stats import FeatureStatisticsLoss, LayerTarget
 
 
 @dataclass(frozen=True)
@@ -24,12 +25,19 @@ class DreamLossWeights:
     l2: float = 3e-8
     bn: float = 10.0
     diversity: float = 0.0
+    feature: float = 0.0  # DP feature-statistics term (GroupNorm models, privacy/feature_stats)
+    target: float = 0.0  # cross-entropy to public, class-balanced dream labels
 
 
 def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of H(softmax(logits)); minimising it makes dreams confident."""
     log_p = F.log_softmax(logits, dim=1)
     return -(log_p.exp() * log_p).sum(dim=1).mean()
+
+
+def balanced_targets(batch_size: int, num_classes: int, device: torch.device) -> torch.Tensor:
+    """Dream i aims at class i mod K: public labels (no client sends or learns anything new)."""
+    return torch.arange(batch_size, device=device) % num_classes
 
 
 def batch_marginal_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -52,16 +60,31 @@ def l2_prior(x: torch.Tensor) -> torch.Tensor:
 
 
 def dream_loss(
-    model: nn.Module, x: torch.Tensor, weights: DreamLossWeights, *, use_bn: bool = True
+    model: nn.Module,
+    x: torch.Tensor,
+    weights: DreamLossWeights,
+    *,
+    use_bn: bool = True,
+    feature_targets: list[LayerTarget] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
     """L_k(x) for one client's model; returns (loss, unweighted terms for logging, logits).
 
     The model must be in eval mode: BatchNorm then normalises with its running statistics, which
-    are the targets of the BN term, and dreams never leak into those buffers.
+    are the targets of the BN term, and dreams never leak into those buffers. ``feature_targets``
+    (the client's DP feature statistics) add the same kind of term at GroupNorm inputs.
     """
     stats = BatchNormStatistics(model)
+    features = (
+        FeatureStatisticsLoss(model, feature_targets)
+        if feature_targets is not None and weights.feature > 0
+        else None
+    )
     with stats:
-        logits = model(x)
+        if features is not None:
+            with features:
+                logits = model(x)
+        else:
+            logits = model(x)
     entropy = mean_entropy(logits)
     tv = total_variation(x)
     l2 = l2_prior(x)
@@ -70,13 +93,23 @@ def dream_loss(
         if (use_bn and stats.available)
         else torch.zeros((), device=x.device)
     )
+    feature = (
+        features.loss().to(x.device) if features is not None else torch.zeros((), device=x.device)
+    )
     diversity = batch_marginal_entropy(logits)
+    target = (
+        F.cross_entropy(logits, balanced_targets(len(x), logits.shape[1], x.device))
+        if weights.target > 0
+        else torch.zeros((), device=x.device)
+    )
     loss = (
         weights.entropy * entropy
         + weights.tv * tv
         + weights.l2 * l2
         + weights.bn * bn
         - weights.diversity * diversity
+        + weights.feature * feature
+        + weights.target * target
     )
     terms = {
         "entropy": float(entropy.detach()),
@@ -84,6 +117,8 @@ def dream_loss(
         "l2": float(l2.detach()),
         "bn": float(bn.detach()),
         "diversity": float(diversity.detach()),
+        "feature": float(feature.detach()),
+        "target": float(target.detach()),
         "total": float(loss.detach()),
     }
     return loss, terms, logits

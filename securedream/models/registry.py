@@ -35,6 +35,8 @@ _BUILDERS: dict[str, Builder] = {
     "cnn-bn-wide": _cnn((32, 64), "bn"),
     "cnn-bn-deep": _cnn((16, 32, 64), "bn"),
     "cnn-gn": _cnn((16, 32), "gn"),
+    "cnn-gn-wide": _cnn((32, 64), "gn"),
+    "cnn-gn-deep": _cnn((16, 32, 64), "gn"),
     "wrn-16-2": lambda c, k, s: WideResNet(c, k, depth=16, widen=2),
     "resnet18": small_resnet18,
     "vgg11-bn": small_vgg11_bn,

@@ -182,25 +182,9 @@ def report_markdown(report: dict[str, Any]) -> str:
         lines += ["Client-level DP: off (privacy.placement = off).", ""]
     sample = report.get("sample_level")
     if sample is not None:
-        lines += [
-            "## Sample-level DP (local training)",
-            "",
-            f"- unit: {sample['unit']}",
-            f"- mechanism: {sample['mechanism']}; z = {sample['noise_multiplier']}, "
-            f"max grad norm = {sample['max_grad_norm']}; accountant {sample['accountant']}, "
-            f"δ = {sample['delta']}",
-            "",
-            "| client | samples | sample rate | steps | ε |",
-            "|---|---|---|---|---|",
-            *[
-                f"| {c['client']} | {c['samples']} | {c['sample_rate']:.3g} | {c['steps']} | "
-                f"{c['epsilon']:.4g} |"
-                for c in sample["clients"]
-            ],
-            "",
-            *[f"- {note}" for note in sample["notes"]],
-            "",
-        ]
+        from securedream.privacy.sample_level import markdown_section
+
+        lines += markdown_section(sample)
     return "\n".join(lines)
 
 

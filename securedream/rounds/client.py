@@ -18,6 +18,7 @@ from torch import nn
 from securedream.dreams import DreamLossWeights, dream_loss
 
 if TYPE_CHECKING:
+    from securedream.privacy.feature_stats import FeatureRelease, LayerTarget
     from securedream.privacy.sample_level import SampleLevelDP
 
 
@@ -93,7 +94,12 @@ class ModelTrainer:
         return int(self.train_y.shape[0])
 
     def enable_sample_level_dp(
-        self, noise_multiplier: float, max_grad_norm: float, accountant: str, client_id: int
+        self,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        accountant: str,
+        client_id: int,
+        reproducible: bool = True,
     ) -> None:
         """Switch local training to Opacus DP-SGD; distillation gets its own plain optimiser."""
         from securedream.privacy.sample_level import SampleLevelDP
@@ -108,6 +114,7 @@ class ModelTrainer:
             max_grad_norm=max_grad_norm,
             accountant=accountant,
             client_id=client_id,
+            reproducible=reproducible,
         )
         self.optimizer = self.sample_dp.optimizer
         self.distill_optimizer = torch.optim.SGD(
@@ -178,6 +185,29 @@ class CoDreamClient(ModelTrainer):
         super().__init__(model, train_x, train_y, training, device)
         self.client_id = client_id
         self.use_bn_term = use_bn_term
+        # this round's feature-statistics targets (privacy.feature_stats); kept by the client only
+        self.feature_targets: list[LayerTarget] | None = None
+
+    def measure_features(
+        self, clip: float, noise_multiplier: float, generator: torch.Generator | None
+    ) -> FeatureRelease:
+        """Measure this round's feature-statistics targets; with DP-SGD on, a noised release that
+        enters the client's ledger (``noise_multiplier`` must then be > 0)."""
+        from securedream.privacy.feature_stats import measure_feature_statistics
+
+        if self.sample_dp is not None and noise_multiplier <= 0:
+            raise ValueError("a DP-SGD client's feature statistics need noise_multiplier > 0")
+        release = measure_feature_statistics(
+            self.model,
+            self.train_x,
+            clip=clip,
+            noise_multiplier=noise_multiplier if self.sample_dp is not None else 0.0,
+            generator=generator,
+        )
+        if self.sample_dp is not None:
+            self.sample_dp.record_gaussian_release(noise_multiplier)
+        self.feature_targets = release.targets
+        return release
 
     def _frozen_eval(self) -> None:
         """Dreaming must not touch the model: eval mode (BN running stats are targets)."""
@@ -189,7 +219,9 @@ class CoDreamClient(ModelTrainer):
         """∂L_k/∂x at the broadcast dreams; only the dreams receive gradient."""
         self._frozen_eval()
         x = dreams.detach().to(self.device).requires_grad_(True)
-        loss, terms, _ = dream_loss(self.model, x, weights, use_bn=self.use_bn_term)
+        loss, terms, _ = dream_loss(
+            self.model, x, weights, use_bn=self.use_bn_term, feature_targets=self.feature_targets
+        )
         (grad,) = torch.autograd.grad(loss, [x])
         return grad.detach(), terms
 
@@ -203,7 +235,13 @@ class CoDreamClient(ModelTrainer):
         optimizer = torch.optim.Adam([x], lr=lr)
         terms: dict[str, float] = {}
         for _ in range(steps):
-            loss, terms, _ = dream_loss(self.model, x, weights, use_bn=self.use_bn_term)
+            loss, terms, _ = dream_loss(
+                self.model,
+                x,
+                weights,
+                use_bn=self.use_bn_term,
+                feature_targets=self.feature_targets,
+            )
             (grad,) = torch.autograd.grad(loss, [x])
             x.grad = grad
             optimizer.step()

@@ -37,6 +37,9 @@ def codream_round(
     start = time.perf_counter()
     report["train_loss"] = local_training(exp, round_index)
     seconds["local_training"] = time.perf_counter() - start
+    clipped = exp.measure_feature_statistics(round_index)
+    if clipped is not None:
+        report["feature_stats_clipped_fraction"] = clipped
 
     start = time.perf_counter()
     init = torch.randn(

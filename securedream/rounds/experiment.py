@@ -93,12 +93,15 @@ class Experiment:
         self.aggregator = aggregator
         self.clients = self._build_clients()
         if cfg.privacy.sample_level:
+            from securedream.privacy.sample_level import reproducible_noise, sgd_noise_for
+
             for client in self.clients:
                 client.enable_sample_level_dp(
-                    cfg.privacy.sample_noise_multiplier,
+                    sgd_noise_for(cfg, client.num_samples),
                     cfg.privacy.sample_clip,
                     cfg.privacy.accountant,
                     client.client_id,
+                    reproducible=reproducible_noise(cfg.privacy),
                 )
         self.student = self._build_student()
         self.buffer: deque[tuple[torch.Tensor, torch.Tensor]] = deque(
@@ -165,7 +168,15 @@ class Experiment:
     # --- settings views -----------------------------------------------------------------------
     def dream_weights(self) -> DreamLossWeights:
         d = self.cfg.dreams
-        return DreamLossWeights(d.w_entropy, d.w_tv, d.w_l2, d.w_bn, d.w_diversity)
+        return DreamLossWeights(
+            d.w_entropy,
+            d.w_tv,
+            d.w_l2,
+            d.w_bn,
+            d.w_diversity,
+            feature=d.w_feature if self.cfg.privacy.feature_stats else 0.0,
+            target=d.w_target,
+        )
 
     def dreaming_settings(self, round_index: int) -> DreamingSettings:
         d = self.cfg.dreams
@@ -192,6 +203,28 @@ class Experiment:
             ce_weight=k.ce_weight,
             clip_grad_norm=k.clip_grad_norm,
         )
+
+    def measure_feature_statistics(self, round_index: int) -> list[float] | None:
+        """Once per round, after local training: each client's feature-statistics targets.
+
+        With DP-SGD on, each measurement is a clipped, noised release in the client's ledger; the
+        return value is the fraction of examples whose feature vector was clipped, per client.
+        """
+        p = self.cfg.privacy
+        if not p.feature_stats:
+            return None
+        from securedream.privacy.sample_level import noise_seed_from_os, reproducible_noise
+        from securedream.seeding import torch_generator
+
+        clipped = []
+        for client in self.clients:
+            if reproducible_noise(p):
+                gen = torch_generator(self.cfg.seed, "feature-noise", client.client_id, round_index)
+            else:
+                gen = torch.Generator().manual_seed(noise_seed_from_os())
+            release = client.measure_features(p.feature_clip, p.feature_noise_multiplier, gen)
+            clipped.append(release.clipped_fraction)
+        return clipped
 
     def dream_shape(self) -> tuple[int, int, int, int]:
         s = self.data.image_size
@@ -224,38 +257,12 @@ class Experiment:
             client.sample_dp.load_state(history)
 
     def sample_level_report(self) -> dict[str, Any] | None:
-        """DP-SGD parameters and ε per client (Opacus accountant), or None when off."""
+        """DP-SGD (and feature-statistics) ledger and ε per client, or None when off."""
         if not self.cfg.privacy.sample_level:
             return None
-        p = self.cfg.privacy
-        per_client = []
-        for c in self.clients:
-            assert c.sample_dp is not None
-            per_client.append(
-                {
-                    "client": c.client_id,
-                    "samples": c.sample_dp.n,
-                    "sample_rate": c.sample_dp.sample_rate,
-                    "steps": c.sample_dp.steps,
-                    "epsilon": c.sample_dp.epsilon(p.delta),
-                }
-            )
-        return {
-            "unit": "one training sample of one client (sample-level DP, per client)",
-            "mechanism": "Opacus DP-SGD: per-sample clipping, Gaussian noise, Poisson sampling",
-            "noise_multiplier": p.sample_noise_multiplier,
-            "max_grad_norm": p.sample_clip,
-            "accountant": p.accountant,
-            "delta": p.delta,
-            "clients": per_client,
-            "epsilon_max": max(e["epsilon"] for e in per_client),
-            "notes": [
-                "models have no BatchNorm, so dreams get no BN-statistics term",
-                "distillation uses dreams only (no local cross-entropy term)",
-                "DP-SGD noise comes from torch generators seeded from the run seed "
-                "(Opacus non-secure mode)",
-            ],
-        }
+        from securedream.privacy.sample_level import report_section
+
+        return report_section(self.cfg, self.clients)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for client, saved in zip(self.clients, state["clients"], strict=True):

@@ -240,6 +240,7 @@ class DreamView:
         self.model = model
         self.device = device
         self.use_bn_term = True
+        self.feature_targets = None  # feature statistics are refused on the flower engine
 
 
 class NodeRuntime:

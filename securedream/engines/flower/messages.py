@@ -63,6 +63,7 @@ def weights_config(weights: DreamLossWeights) -> dict[str, float]:
         "w_l2": weights.l2,
         "w_bn": weights.bn,
         "w_diversity": weights.diversity,
+        "w_target": weights.target,
     }
 
 
@@ -73,6 +74,7 @@ def weights_from_config(cfg: Mapping[str, Any]) -> DreamLossWeights:
         float(cfg["w_l2"]),
         float(cfg["w_bn"]),
         float(cfg["w_diversity"]),
+        target=float(cfg.get("w_target", 0.0)),
     )
 
 

@@ -92,6 +92,10 @@ def check_supported(cfg: RunConfig) -> None:
         raise ConfigError(
             "privacy.sample_level", "DP-SGD local training is not wired into the flower engine yet"
         )
+    if cfg.privacy.feature_stats:
+        raise ConfigError(
+            "privacy.feature_stats", "feature statistics are not wired into the flower engine yet"
+        )
 
 
 class FlowerCoDream:
