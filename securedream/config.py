@@ -442,12 +442,18 @@ CLIENT_LEVEL_KEYS = (
     "neighbouring",
     "reproducible_noise",
 )
-SAMPLE_LEVEL_KEYS = ("sample_noise_multiplier", "sample_clip")
+SAMPLE_LEVEL_KEYS = (
+    "sample_noise_multiplier",
+    "sample_clip",
+    "sample_target_epsilon",
+    "feature_clip",
+    "feature_noise_multiplier",
+)
 SHARED_KEYS = ("delta", "accountant", "reproducible_noise")  # also read by DP-SGD
 
 
 def client_dp_off(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a raw config whose client-level DP is off, if its placement is "off".
+    """A copy of a raw config without the keys of a DP mechanism that is off.
 
     Baselines and audit controls derive a non-private copy of a private config by setting
     ``privacy.placement = "off"``; the client-level keys the copy no longer uses go back to their
@@ -455,10 +461,14 @@ def client_dp_off(raw: Mapping[str, Any]) -> dict[str, Any]:
     """
     out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
     privacy = out.get("privacy", {})
+    sample_level = privacy.get("sample_level", False)
     if privacy.get("placement", "off") == "off":
         for name in CLIENT_LEVEL_KEYS:
-            if name in SHARED_KEYS and privacy.get("sample_level", False):
+            if name in SHARED_KEYS and sample_level:
                 continue
+            privacy.pop(name, None)
+    if not sample_level:  # the same for a copy with DP-SGD turned off
+        for name in SAMPLE_LEVEL_KEYS:
             privacy.pop(name, None)
     return out
 

@@ -434,10 +434,20 @@ def test_dp_sgd_keys_belong_to_sample_level() -> None:
     with pytest.raises(ConfigError, match=r"privacy\.sample_level") as err:
         resolve_config(preset="smoke", overrides=["privacy.sample_noise_multiplier=2.0"])
     assert err.value.key == "privacy.sample_noise_multiplier"
-    # δ and the accountant are shared with DP-SGD, so they are fine when sample_level is on
+    for key in ("sample_target_epsilon=4", "feature_clip=2", "feature_noise_multiplier=3"):
+        with pytest.raises(ConfigError, match=r"privacy\.sample_level"):
+            resolve_config(preset="smoke", overrides=[f"privacy.{key}"])
+    # δ, the accountant and the research-noise switch are shared with DP-SGD, so they are fine
+    # when sample_level is on
     resolve_config(
         preset="smoke",
-        overrides=["privacy.sample_level=true", "privacy.delta=1e-6", 'privacy.accountant="prv"'],
+        overrides=[
+            "privacy.sample_level=true",
+            'clients.models=["cnn-gn"]',
+            "privacy.delta=1e-6",
+            'privacy.accountant="prv"',
+            "privacy.reproducible_noise=true",
+        ],
     )
 
 

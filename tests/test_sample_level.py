@@ -52,15 +52,7 @@ TINY = [
 
 
 def _tiny(*extra: str):  # type: ignore[no-untyped-def]
-    overrides = [*TINY, *extra]
-    try:
-        return resolve_config(preset="smoke", overrides=overrides)
-    except ConfigError as exc:  # this branch's config still has privacy.secure_noise
-        if "reproducible_noise" not in str(exc):
-            raise
-        return resolve_config(
-            preset="smoke", overrides=[o for o in overrides if "reproducible_noise" not in o]
-        )
+    return resolve_config(preset="smoke", overrides=[*TINY, *extra])
 
 
 def _recompute(history: list[tuple[float, float, int]], delta: float) -> tuple[float, float]:

@@ -21,7 +21,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from securedream.config import RunConfig, apply_overrides, config_from_dict, config_to_dict
+from securedream.config import (
+    RunConfig,
+    apply_overrides,
+    client_dp_off,
+    config_from_dict,
+    config_to_dict,
+)
 from securedream.errors import ConfigError
 
 SAMPLE_METHODS = ("codream", "independent", "fedavg")
@@ -154,7 +160,12 @@ def run_sample_bench(
         methods=methods,
     )
     configs = [
-        (v, config_from_dict(apply_overrides(config_to_dict(base), v.overrides(base))))
+        (
+            v,
+            config_from_dict(
+                client_dp_off(apply_overrides(config_to_dict(base), v.overrides(base)))
+            ),
+        )
         for v in variants
     ]
     jobs = [(v, cfg, base.seed + s) for s in range(seeds) for v, cfg in configs]
