@@ -77,7 +77,7 @@ CLIENT_WIRE_TYPES = {
     MessageType.CONSISTENCY_SIGNATURE,
     MessageType.UNMASK_SHARES,
 }
-DREAM_TERMS = ("entropy", "tv", "l2", "bn", "diversity", "total")
+DREAM_TERMS = ("entropy", "tv", "l2", "bn", "feature", "target", "diversity", "total")
 # the per-client diagnostics of a plain run: the table in docs/distributed.md
 PER_CLIENT_METRIC_FIELDS = {
     (m.TRAIN, "cfg", "loss"),

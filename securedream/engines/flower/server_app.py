@@ -382,7 +382,22 @@ def run_codream(
     progress: bool = True,
     options: FlowerOptions | None = None,
 ) -> dict[str, Any]:
-    """Run ``cfg`` over the nodes of ``grid``, writing the run folder ``out``; returns a summary."""
+    """Run ``cfg`` over the nodes of ``grid``, writing the run folder ``out``; returns a summary.
+
+    The folder is locked for the whole run (as in-process), so a second run into it is refused.
+    """
+    with RunFolder(out).lock():
+        return _run_codream_locked(grid, cfg, config_text, out, progress, options)
+
+
+def _run_codream_locked(
+    grid: Grid,
+    cfg: RunConfig,
+    config_text: str,
+    out: str | Path,
+    progress: bool,
+    options: FlowerOptions | None,
+) -> dict[str, Any]:
     options = options or FlowerOptions()
     folder = RunFolder(out)
     torch.use_deterministic_algorithms(True, warn_only=True)
