@@ -207,7 +207,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"run folder: {out}")
     accuracy = (
         f"final mean client accuracy {summary['final_mean_accuracy']:.4f} "
-        f"± {summary['final_std_accuracy']:.4f} over {summary['clients']} model(s)"
+        f"± {summary['final_std_accuracy']:.4f} over "
+        f"{summary.get('eval_clients', summary['clients'])} model(s)"
         if summary.get("final_mean_accuracy") is not None
         else "client accuracies stay on the clients (secure/private run)"
     )
