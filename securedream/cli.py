@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(acc, "demo")
     acc.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds 0..N-1 (default 3)")
     acc.add_argument(
+        "--alphas",
+        metavar="A,B,...",
+        help="Dirichlet concentrations to sweep (data.split must be dirichlet); "
+        "default: the config's data.alpha",
+    )
+    acc.add_argument(
         "--methods",
         default="codream,independent,fedavg,centralized",
         help="comma-separated subset of codream,independent,fedavg,centralized",

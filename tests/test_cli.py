@@ -99,11 +99,26 @@ def test_bench_accuracy_json(tmp_path, capsys) -> None:
     assert rows[0]["bytes_per_client_round"] > 0 and rows[1]["bytes_per_client_round"] == 0
 
 
+def test_bench_accuracy_sweeps_alphas(tmp_path, capsys) -> None:
+    argv = ["bench", "accuracy", "--preset", "smoke", "--seeds", "1", "--methods", "independent"]
+    code = main([*argv, "--alphas", "0.5,0.1", "--json", "--out", str(tmp_path), *TINY])
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["method"], r["alpha"]) for r in rows] == [("independent", 0.5), ("independent", 0.1)]
+    # each alpha is its own split: the runs' configs differ in data.alpha only
+    saved = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert saved == ["independent-seed0-alpha0.1", "independent-seed0-alpha0.5"]
+    assert rows[0]["accuracy_per_seed"] != rows[1]["accuracy_per_seed"]
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
         (["--seeds", "0"], "--seeds"),
         (["--methods", "codream,sgd"], "--methods"),
+        (["--alphas", "0.5,zero"], "--alphas"),
+        (["--alphas", "0"], "--alphas"),
+        (["--alphas", "0.5", "--set", 'data.split="iid"'], "--alphas"),
     ],
 )
 def test_bench_accuracy_validates(args, fragment, capsys) -> None:

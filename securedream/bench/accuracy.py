@@ -37,6 +37,28 @@ def parse_methods(text: str) -> list[str]:
     return methods
 
 
+def parse_alphas(text: str | None, cfg: RunConfig) -> list[float]:
+    """The heterogeneity levels to sweep: ``--alphas`` or the config's own ``data.alpha``."""
+    if text is None:
+        return [cfg.data.alpha]
+    if cfg.data.split != "dirichlet":
+        raise ConfigError(
+            "--alphas", f"needs data.split = dirichlet (the config has {cfg.data.split!r})"
+        )
+    alphas: list[float] = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            value = float(part)
+        except ValueError:
+            raise ConfigError("--alphas", f"{part!r} is not a number") from None
+        if not 0.0 < value <= 1e6:
+            raise ConfigError("--alphas", f"each alpha must be in (0, 1e6], got {part}")
+        alphas.append(value)
+    if not alphas:
+        raise ConfigError("--alphas", "must name at least one alpha")
+    return alphas
+
+
 def run_accuracy_bench(args: argparse.Namespace) -> int:
     from securedream.cli import _resolve
     from securedream.engines.inprocess import run_experiment
@@ -51,32 +73,35 @@ def run_accuracy_bench(args: argparse.Namespace) -> int:
         if args.out is not None
         else Path(tempfile.mkdtemp(prefix="securedream-bench-"))
     )
+    alphas = parse_alphas(getattr(args, "alphas", None), base)
     rows: list[dict[str, Any]] = []
-    counter = RunCounter(len(methods) * args.seeds)
-    for method in methods:
-        accuracies, seconds, comm = [], [], []
-        for seed in range(args.seeds):
-            cfg = dataclasses.replace(base, method=method, seed=base.seed + seed)
-            counter.start(f"{method}, seed {cfg.seed}")
-            summary = run_experiment(
-                cfg, out_root / f"{method}-seed{cfg.seed}", progress=not args.quiet
+    counter = RunCounter(len(alphas) * len(methods) * args.seeds)
+    for alpha in alphas:
+        data = dataclasses.replace(base.data, alpha=alpha)
+        for method in methods:
+            accuracies, seconds, comm = [], [], []
+            for seed in range(args.seeds):
+                cfg = dataclasses.replace(base, method=method, seed=base.seed + seed, data=data)
+                tag = f"{method}-seed{cfg.seed}" + (f"-alpha{alpha:g}" if len(alphas) > 1 else "")
+                counter.start(f"{method}, alpha {alpha:g}, seed {cfg.seed}")
+                summary = run_experiment(cfg, out_root / tag, progress=not args.quiet)
+                counter.finish()
+                accuracies.append(summary["final_mean_accuracy"])
+                seconds.append(summary["timing"]["seconds"])
+                comm.append(summary["bytes_per_client_round"])
+            rows.append(
+                {
+                    "method": method,
+                    "alpha": alpha,
+                    "accuracy_mean": statistics.fmean(accuracies),
+                    "accuracy_std": statistics.pstdev(accuracies) if len(accuracies) > 1 else 0.0,
+                    "accuracy_per_seed": accuracies,
+                    "bytes_per_client_round": statistics.fmean(comm),
+                    "seconds": statistics.fmean(seconds),
+                    "seeds": args.seeds,
+                    "preset": args.preset or ("demo" if args.config is None else args.config),
+                }
             )
-            counter.finish()
-            accuracies.append(summary["final_mean_accuracy"])
-            seconds.append(summary["timing"]["seconds"])
-            comm.append(summary["bytes_per_client_round"])
-        rows.append(
-            {
-                "method": method,
-                "accuracy_mean": statistics.fmean(accuracies),
-                "accuracy_std": statistics.pstdev(accuracies) if len(accuracies) > 1 else 0.0,
-                "accuracy_per_seed": accuracies,
-                "bytes_per_client_round": statistics.fmean(comm),
-                "seconds": statistics.fmean(seconds),
-                "seeds": args.seeds,
-                "preset": args.preset or ("demo" if args.config is None else args.config),
-            }
-        )
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -86,19 +111,22 @@ def run_accuracy_bench(args: argparse.Namespace) -> int:
 
 
 def format_table(rows: list[dict[str, Any]], cfg: RunConfig) -> str:
+    alphas = sorted({row["alpha"] for row in rows}, reverse=True)
+    shown = ", ".join(f"{a:g}" for a in alphas)
     header = (
         f"{cfg.data.dataset}, {cfg.clients.count} clients, split {cfg.data.split} "
-        f"(alpha {cfg.data.alpha}), {cfg.rounds} rounds, {rows[0]['seeds']} seeds; "
+        f"(alpha {shown}), {cfg.rounds} rounds, {rows[0]['seeds']} seeds; "
         "final-round mean client test accuracy"
     )
     lines = [
         header,
-        f"{'method':<12} {'accuracy':>17} {'bytes/client/round':>19} {'seconds/run':>12}",
+        f"{'alpha':>6} {'method':<12} {'accuracy':>17} {'bytes/client/round':>19} "
+        f"{'seconds/run':>12}",
     ]
     for row in rows:
         acc = f"{row['accuracy_mean']:.3f} ± {row['accuracy_std']:.3f}"
         lines.append(
-            f"{LABELS[row['method']]:<12} {acc:>17} "
+            f"{row['alpha']:>6g} {LABELS[row['method']]:<12} {acc:>17} "
             f"{_human_bytes(row['bytes_per_client_round']):>19} {row['seconds']:>12.1f}"
         )
     return "\n".join(lines)
