@@ -9,10 +9,14 @@ handing out fewer samples.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from securedream.errors import SecureDreamError
+
+if TYPE_CHECKING:
+    from securedream.config import RunConfig
 
 SPLIT_SCHEMES = ("iid", "dirichlet", "disjoint")
 
@@ -196,3 +200,21 @@ def _water_fill(caps: list[int], quota: int) -> list[int]:
         alloc[k] = min(caps[k], -(-remaining // left))
         remaining -= alloc[k]
     return alloc
+
+
+def split_for_config(labels: np.ndarray, cfg: RunConfig) -> list[np.ndarray]:
+    """The run's split (``data.*`` and ``clients.count``, seeded from the run seed).
+
+    The one place every engine derives it, so in-process clients, Flower nodes and population runs
+    hold the same shards."""
+    from securedream.seeding import derive_seed
+
+    return split_clients(
+        labels,
+        cfg.clients.count,
+        scheme=cfg.data.split,
+        samples_per_client=cfg.data.samples_per_client or None,
+        alpha=cfg.data.alpha,
+        labels_per_client=cfg.data.labels_per_client,
+        seed=derive_seed(cfg.seed, "split"),
+    )

@@ -22,7 +22,7 @@ import torch
 from securedream.aggregation import AggregateResult, Aggregator, Channel, PlainAggregator
 from securedream.comm import CommLedger
 from securedream.config import RunConfig, config_to_dict
-from securedream.data import load_dataset, split_clients
+from securedream.data import load_dataset, split_for_config
 from securedream.dreams import DreamLossWeights
 from securedream.errors import RunFolderError
 from securedream.population.population import Population
@@ -32,7 +32,7 @@ from securedream.rounds.client import DistillSettings, LocalTrainingConfig
 from securedream.rounds.experiment import resolve_device
 from securedream.rounds.server import DreamingSettings, collaborative_dreaming
 from securedream.runs import RunFolder
-from securedream.seeding import derive_seed, torch_generator
+from securedream.seeding import torch_generator
 
 EVAL_CLIENTS = 32
 
@@ -76,15 +76,7 @@ class PopulationExperiment:
             root=cfg.data.root or None,
             download=cfg.data.download,
         )
-        splits = split_clients(
-            self.data.train_y.numpy(),
-            cfg.clients.count,
-            scheme=cfg.data.split,
-            samples_per_client=cfg.data.samples_per_client or None,
-            alpha=cfg.data.alpha,
-            labels_per_client=cfg.data.labels_per_client,
-            seed=derive_seed(cfg.seed, "split"),
-        )
+        splits = split_for_config(self.data.train_y.numpy(), cfg)
         idx = [torch.as_tensor(s, dtype=torch.long) for s in splits]
         self.training = LocalTrainingConfig(
             cfg.clients.lr, cfg.clients.momentum, cfg.clients.weight_decay, cfg.clients.batch_size

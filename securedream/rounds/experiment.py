@@ -17,7 +17,7 @@ import torch
 from securedream.aggregation import Aggregator, PlainAggregator
 from securedream.comm import CommLedger
 from securedream.config import RunConfig
-from securedream.data import DatasetBundle, load_dataset, split_clients
+from securedream.data import DatasetBundle, load_dataset, split_for_config
 from securedream.dreams import DreamLossWeights
 from securedream.errors import ConfigError
 from securedream.models import build_model, has_batchnorm
@@ -54,16 +54,7 @@ class Experiment:
             download=cfg.data.download,
         )
         labels = self.data.train_y.numpy()
-        per_client = cfg.data.samples_per_client or None
-        splits = split_clients(
-            labels,
-            cfg.clients.count,
-            scheme=cfg.data.split,
-            samples_per_client=per_client,
-            alpha=cfg.data.alpha,
-            labels_per_client=cfg.data.labels_per_client,
-            seed=derive_seed(cfg.seed, "split"),
-        )
+        splits = split_for_config(labels, cfg)
         self.shards = [
             ClientShard(
                 indices=torch.as_tensor(idx, dtype=torch.long),

@@ -46,7 +46,7 @@ from securedream.aggregation.factory import build_aggregation
 from securedream.aggregation.secure import SecureAggregator
 from securedream.config import RunConfig, config_from_dict
 from securedream.contribution import fixed_point_encode, rounding_stream, skellam_share_mu
-from securedream.data import DatasetBundle, load_dataset, split_clients
+from securedream.data import DatasetBundle, load_dataset, split_for_config
 from securedream.diagnostics import Disclosure
 from securedream.engines.flower import messages as m
 from securedream.errors import ConfigError, SecureDreamError
@@ -93,15 +93,7 @@ def load_node_data(cfg: RunConfig, data_root: str = "") -> DatasetBundle:
 def _splits(text: str, data_root: str) -> list[np.ndarray]:
     cfg = parse_config(text)
     data = load_node_data(cfg, data_root)
-    return split_clients(
-        data.train_y.numpy(),
-        cfg.clients.count,
-        scheme=cfg.data.split,
-        samples_per_client=cfg.data.samples_per_client or None,
-        alpha=cfg.data.alpha,
-        labels_per_client=cfg.data.labels_per_client,
-        seed=derive_seed(cfg.seed, "split"),
-    )
+    return split_for_config(data.train_y.numpy(), cfg)
 
 
 def distill_settings(cfg: RunConfig) -> DistillSettings:
