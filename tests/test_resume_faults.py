@@ -71,15 +71,17 @@ def _crash_in_process(folder: Path, k: int, monkeypatch) -> None:
     monkeypatch.delenv(atomic.FAULT_ENV)
 
 
-def _check_resume(folder: Path, reference: Path, code: int, err: str, k: int, label: str) -> None:
+def _check_resume(folder: Path, reference: Path, code: int, err: str, k: int, label: str) -> str:
+    """Assert the resume either equals the uninterrupted run or refused cleanly; say which."""
     where = f"killed before operation {k} ({label})"
     if code == 2:  # a clean refusal is allowed, but must be one line naming the problem
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (where, err)
-        return
+        return "refused"
     assert code == 0, (where, err)
     assert _metrics(folder) == _metrics(reference), where
     assert _summary(folder) == _summary(reference), where
     assert not (folder / "checkpoint.new").exists() and not (folder / "checkpoint.old").exists()
+    return "resumed"
 
 
 def _interesting(labels: list[str]) -> list[int]:
@@ -121,12 +123,16 @@ def test_kill_at_chosen_and_random_instants_then_resume(
     ref_folder, labels = reference
     rng = random.Random()
     instants = [*_interesting(labels), rng.randint(1, len(labels))]
+    outcomes = []
     for n, k in enumerate(instants):
         folder = tmp_path / f"cut{n}"
         _crash_in_process(folder, k, monkeypatch)
         capsys.readouterr()
         code = main(["run", "--resume", str(folder), "--quiet"])
-        _check_resume(folder, ref_folder, code, capsys.readouterr().err, k, labels[k - 1])
+        err = capsys.readouterr().err
+        outcomes.append(_check_resume(folder, ref_folder, code, err, k, labels[k - 1]))
+    # the chosen instants all fall after the first checkpoint: each resume must finish the run
+    assert outcomes[:3] == ["resumed"] * 3
 
 
 # --- the broad sweep: real processes ------------------------------------------------------------
@@ -198,4 +204,8 @@ def test_sigkill_at_random_times_then_resume(reference, tmp_path) -> None:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         resumed = _cli(["run", "--resume", str(folder), "--quiet"])
-        _check_resume(folder, ref_folder, resumed.returncode, resumed.stderr, -1, "SIGKILL")
+        outcome = _check_resume(
+            folder, ref_folder, resumed.returncode, resumed.stderr, -1, "SIGKILL"
+        )
+        # a folder killed at any time resumes (or restarts) to the uninterrupted run's metrics
+        assert outcome == "resumed", resumed.stderr[-2000:]
