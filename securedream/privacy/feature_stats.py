@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from securedream.hooks import LayerHooks, moment_distance
+
 
 def feature_layers(model: nn.Module) -> list[nn.GroupNorm]:
     """The GroupNorm layers whose inputs are measured, in forward-definition order."""
@@ -50,26 +52,22 @@ class FeatureRelease:
     clipped_fraction: float
 
 
-class _InputRecorder:
-    """Forward hooks that keep the input of each layer during one forward pass."""
+class _InputRecorder(LayerHooks):
+    """Forward pre-hooks that keep the input of each layer during one forward pass."""
 
     def __init__(self, layers: list[nn.GroupNorm]) -> None:
-        self.layers = layers
+        self.layers = list(layers)
         self.inputs: list[torch.Tensor] = []
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._handles = []
+
+    def _register(self, layer: nn.Module) -> torch.utils.hooks.RemovableHandle:
+        return layer.register_forward_pre_hook(self._hook)
+
+    def _clear(self) -> None:
+        self.inputs = []
 
     def _hook(self, _module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         self.inputs.append(inputs[0])
-
-    def __enter__(self) -> _InputRecorder:
-        self.inputs = []
-        self._handles = [layer.register_forward_pre_hook(self._hook) for layer in self.layers]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
 
 
 @torch.no_grad()
@@ -152,7 +150,7 @@ def measure_feature_statistics(
     )
 
 
-class FeatureStatisticsLoss:
+class FeatureStatisticsLoss(LayerHooks):
     """Context manager: Σ_layers ‖μ_batch − μ_target‖₂ + ‖σ²_batch − σ²_target‖₂ at GroupNorm
     inputs.
 
@@ -165,29 +163,18 @@ class FeatureStatisticsLoss:
         if len(self.layers) != len(targets):
             raise ValueError(f"{len(targets)} targets for {len(self.layers)} GroupNorm layers")
         self.targets = dict(zip(self.layers, targets, strict=True))
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._handles = []
         self._terms: list[torch.Tensor] = []
 
-    def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        x = inputs[0]
-        flat = x.transpose(0, 1).reshape(x.shape[1], -1)
-        target = self.targets[module]  # type: ignore[index]
-        mean = flat.mean(dim=1)
-        var = flat.var(dim=1, unbiased=False)
-        self._terms.append(
-            torch.linalg.vector_norm(mean - target.mean)
-            + torch.linalg.vector_norm(var - target.var)
-        )
+    def _register(self, layer: nn.Module) -> torch.utils.hooks.RemovableHandle:
+        return layer.register_forward_pre_hook(self._hook)
 
-    def __enter__(self) -> FeatureStatisticsLoss:
+    def _clear(self) -> None:
         self._terms = []
-        self._handles = [layer.register_forward_pre_hook(self._hook) for layer in self.layers]
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+    def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        target = self.targets[module]  # type: ignore[index]
+        self._terms.append(moment_distance(inputs[0], target.mean, target.var))
 
     def loss(self) -> torch.Tensor:
         if not self._terms:
