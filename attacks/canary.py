@@ -7,7 +7,7 @@ release, along a random unit direction ``u`` known to the auditor — in IN runs
 OUT runs (with the public-count normalisation, a zero contribution and an absent client give the
 same sum). The other clients contribute fixed vectors the auditor knows. Each run passes the
 contributions through the engine's own aggregation stack, built from the config by
-``securedream.aggregation.factory.build_aggregation`` (plain or secure sum, optionally wrapped in
+``securedream.stack.build_aggregation`` (plain or secure sum, optionally wrapped in
 central or distributed DP), and scores the run by
 
     score = Σ_releases ⟨release − known contributions, u⟩ / C
@@ -45,8 +45,7 @@ import torch
 
 from attacks.stats import bound_at_threshold, choose_threshold, epsilon_ceiling
 from securedream.aggregation.base import AggregateResult, Aggregator, Channel
-from securedream.aggregation.factory import build_aggregation
-from securedream.aggregation.secure import SecureAggregator
+from securedream.aggregation.secure import SecureAggregationSettings, SecureAggregator
 from securedream.config import (
     RunConfig,
     apply_overrides,
@@ -54,10 +53,9 @@ from securedream.config import (
     config_from_dict,
     config_to_dict,
 )
-from securedream.privacy.accounting import PrivacyLedger
-from securedream.privacy.aggregator import DPAggregator
 from securedream.privacy.noise import NoiseSource
 from securedream.seeding import derive_seed, torch_generator
+from securedream.stack import build_aggregation
 
 Progress = Callable[[int], None]
 
@@ -171,28 +169,28 @@ def build_stack(
       full-protocol check can compare releases bit for bit;
     - the mask-free secure sum (:class:`MaskFreeSecureAggregator`) when ``mask_free``.
     """
-    stack, privacy = build_aggregation(cfg, dim=dim, num_classes=num_classes or max(2, dim))
-    dp = stack if isinstance(stack, DPAggregator) else None
-    inner = dp.inner if dp is not None else stack
-    if isinstance(inner, SecureAggregator):
+
+    def secure(clients: int, configured: SecureAggregationSettings) -> Aggregator:
+        derived = SecureAggregator(clients, configured)  # the t and degree the config derives
         settings = dataclasses.replace(
-            inner.settings,
-            threshold=inner.threshold,
-            degree=inner.config.k,
+            configured,
+            threshold=derived.threshold,
+            degree=derived.config.k,
             dropout_rate=0.0,
             planned=(),
             secure_rounding=False,
             seed=seed,
         )
         kind = MaskFreeSecureAggregator if mask_free else SecureAggregator
-        inner = kind(inner.num_clients, settings)
-    if dp is None:
-        return inner, None
-    ledger = PrivacyLedger(dp.ledger.accountant, dp.ledger.delta)
-    stack = DPAggregator(inner, dp.settings, ledger, audit_noise(seed))
-    privacy.aggregator = stack
-    privacy.ledger = ledger
-    return stack, privacy
+        return kind(clients, settings)
+
+    return build_aggregation(
+        cfg,
+        dim=dim,
+        num_classes=num_classes or max(2, dim),
+        secure=secure,
+        noise_for_round=audit_noise(seed),
+    )
 
 
 def mechanism_summary(cfg: RunConfig, privacy: Any) -> dict[str, Any]:

@@ -239,7 +239,7 @@ class RunMechanism:
     def _scale(self) -> float | None:
         if not self.private or self.cfg.privacy.placement != "distributed":
             return None
-        return float(self.stack.inner.encoding.scale)  # type: ignore[attr-defined]
+        return self.privacy.secure_scale() if self.privacy is not None else None
 
     def run(
         self,

@@ -15,24 +15,8 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from securedream.config_args import add_config_arguments, config_from_args
 from securedream.errors import ConfigError, SecureDreamError
-
-
-def _add_config_arguments(parser: argparse.ArgumentParser, default_preset: str | None) -> None:
-    parser.add_argument("--config", metavar="FILE.toml", help="configuration file")
-    parser.add_argument(
-        "--preset", metavar="NAME", help=f"shipped preset (default: {default_preset})"
-    )
-    parser.add_argument("--seed", type=int, metavar="N", help="override the config's seed")
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), help="override the device")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config key, e.g. --set clients.count=8 (repeatable)",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run an experiment (CoDream or a baseline)")
-    _add_config_arguments(run, "demo")
+    add_config_arguments(run, "demo")
     run.add_argument("--out", metavar="DIR", help="run folder (default: runs/<name>-<time>)")
     run.add_argument("--resume", metavar="DIR", help="continue an interrupted run folder")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -64,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     acc = bench_sub.add_parser(
         "accuracy", help="CoDream vs Independent, FedAvg, Centralized over seeds"
     )
-    _add_config_arguments(acc, "demo")
+    add_config_arguments(acc, "demo")
     acc.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds 0..N-1 (default 3)")
     acc.add_argument(
         "--alphas",
@@ -90,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     private = bench_sub.add_parser(
         "private", help="plain vs SecAgg vs SecAgg + DP (central, distributed) at several ε"
     )
-    _add_config_arguments(private, "demo")
+    add_config_arguments(private, "demo")
     private.add_argument("--epsilons", default="1,4,8", help="comma-separated ε (default 1,4,8)")
     private.add_argument(
         "--mode",
@@ -118,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("noise", "what noise multiplier reaches this ε"),
     ):
         p = privacy_sub.add_parser(name, help=helptext)
-        _add_config_arguments(p, "demo")
+        add_config_arguments(p, "demo")
         p.add_argument(
             "--releases",
             type=int,
@@ -139,23 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true")
     from securedream.privacy.cli import add_adversaries_parser
 
-    add_adversaries_parser(privacy_sub, _add_config_arguments)
+    add_adversaries_parser(privacy_sub)
     return parser
-
-
-def _resolve(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from securedream.config import resolve_config
-
-    if args.config is not None and args.preset is not None:
-        raise ConfigError(
-            "--preset", "give either --config or --preset, not both (a config file is a whole run)"
-        )
-    overrides = list(args.overrides)
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    if args.device is not None:
-        overrides.append(f'device="{args.device}"')
-    return resolve_config(config_path=args.config, preset=args.preset, overrides=overrides)
 
 
 def resume_command(folder: Path) -> str:
@@ -193,7 +162,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         with _interrupt_notice(out, resumable=True):
             summary = run_experiment(cfg, folder.path, resume=True, progress=not args.quiet)
     else:
-        cfg = _resolve(args)
+        cfg = config_from_args(args)
         if args.out is not None:
             out = check_out_path(args.out)
         else:

@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from securedream.privacy.noise import NoiseSource
+from securedream.randomness import NoiseSource
 
 
 def fixed_point_encode(

@@ -4,7 +4,7 @@ What runs for real: the server side of the Flower transport unchanged --
 ``FlowerSecureAggregator`` (session set-up, ForwardShares piggybacked on the DREAM request, masked
 inputs in DREAM replies, the unmask relay, dropouts as failed nodes, ``SecureAggregationAborted``),
 ``FlowerLink`` (Flower ``Message`` objects pushed and pulled through a Grid, timeouts failing a
-node for the round), ``DreamCohort`` and the record layouts of ``engines/flower/messages.py``; on
+node for the round) and the record layouts of ``engines/flower/messages.py``; on
 the client side, the protocol path of a node: wire bytes out of the ``proto`` record into a
 ``protocols.Client`` that is saved and restored with ``Client.to_bytes``/``from_bytes`` around every
 message, as Flower's deployment runtime does.
@@ -30,7 +30,7 @@ import torch
 
 pytest.importorskip("flwr")
 
-from flwr.app import Error, Message
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, RecordDict
 
 import protocols
 from protocols.messages import MessageType
@@ -39,7 +39,7 @@ from protocols.testing import TransportResult, check_transport, configs
 from securedream.aggregation import Channel
 from securedream.aggregation.secure import SecureAggregationSettings
 from securedream.engines.flower import messages as m
-from securedream.engines.flower.transport import DreamCohort, FlowerLink, FlowerSecureAggregator
+from securedream.engines.flower.transport import FlowerLink, FlowerSecureAggregator
 
 #: protocol message a node receives -> the dropout stage at which it no longer answers
 _STAGE_OF = {
@@ -162,8 +162,7 @@ class FlowerSecureSum:
         self.nodes = {k: _Node(k, config) for k in range(n)}
         link = FlowerLink(_Grid(self.nodes), n, timeout=0.05, poll=0.0)
         link.nodes = {k: k + 1 for k in range(n)}
-        self.cohort = DreamCohort(num_classes=1)
-        self.agg = FlowerSecureAggregator(n, settings, link, self.cohort)
+        self.agg = FlowerSecureAggregator(n, settings, link)
         assert (self.agg.config.k, self.agg.config.t) == (config.k, config.t)
         self.agg.start_round(1, list(range(n)))
         self.step = 0
@@ -194,13 +193,26 @@ class FlowerSecureSum:
                 stage = "unmask"
             self.nodes[k].dead_from = stage
         active = self.agg.active_clients(sorted(self.nodes))
-        dreams = torch.zeros(1, 1)
-        contributions = {}
+        dreams = m.to_array(torch.zeros(1, 1))
         for k in active:
             self.nodes[k].vector = np.asarray(inputs[k], dtype=np.int64)
-            self.cohort.request(k, m.GRADIENT, dreams)
-            contributions[k] = torch.zeros(len(inputs[k]))
-        result = self.agg.aggregate(contributions, channel=Channel.DREAM_GRADIENT, step=self.step)
+
+        def request(extra, proto):  # type: ignore[no-untyped-def]
+            cfg = {"kind": m.GRADIENT, "round": 1, "step": self.step, **extra}
+            rd = RecordDict({"cfg": ConfigRecord(cfg), "x": ArrayRecord({"dreams": dreams})})
+            if proto:
+                rd["proto"] = ConfigRecord({"in": list(proto)})
+            return rd
+
+        dim = len(next(iter(inputs.values())))
+        result = self.agg.remote_sum(
+            active,
+            request,
+            lambda k, reply: None,
+            channel=Channel.DREAM_GRADIENT,
+            step=self.step,
+            shape=torch.Size((dim,)),
+        )
         self.step += 1
         return TransportResult(self.totals[-1], frozenset(result.contributors))
 

@@ -8,7 +8,7 @@ import sys
 ENGINE_MODULES = [
     "securedream.cli",
     "securedream.engines.inprocess",
-    "securedream.aggregation.factory",
+    "securedream.stack",
     "securedream.privacy.engine",
     "securedream.bench.accuracy",
     "securedream.bench.private",

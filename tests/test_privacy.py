@@ -479,7 +479,7 @@ def test_colluders_bounded_by_the_clients() -> None:
     base = ['privacy.placement="central"', "privacy.noise_multiplier=1", *TINY]
     with pytest.raises(ConfigError, match=r"\[0, clients.count - 1 = 2\]"):
         resolve_config(preset="smoke", overrides=[*base, "privacy.colluders=3"])
-    from securedream.aggregation.factory import build_aggregation
+    from securedream.stack import build_aggregation
 
     cfg = resolve_config(
         preset="smoke",
@@ -497,7 +497,7 @@ def test_colluders_bounded_by_the_clients() -> None:
 
 
 def _zeros_through(cfg, clients: int):  # type: ignore[no-untyped-def]
-    from securedream.aggregation.factory import build_aggregation
+    from securedream.stack import build_aggregation
 
     agg, _ = build_aggregation(cfg, dim=64, num_classes=10)
     agg.start_round(0, list(range(clients)))
@@ -513,8 +513,8 @@ def _zeros_through(cfg, clients: int):  # type: ignore[no-untyped-def]
 )
 def test_one_survivor_of_two_is_refused(privacy: list[str]) -> None:
     """2 clients, secure aggregation (with or without DP), one drops: nothing is released."""
-    from securedream.aggregation.factory import secure_threshold
     from securedream.aggregation.secure import SecureAggregationAborted
+    from securedream.stack import secure_threshold
 
     cfg = resolve_config(
         preset="smoke",

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from securedream.aggregation.base import Channel
-from securedream.aggregation.factory import build_aggregation
 from securedream.config import RunConfig, apply_overrides, config_from_dict, config_to_dict
 from securedream.data import split_clients
 from securedream.dreams import DreamLossWeights
@@ -36,6 +35,7 @@ from securedream.rounds.codream import codream_round
 from securedream.rounds.experiment import Experiment
 from securedream.runs import RunFolder
 from securedream.seeding import derive_seed, numpy_generator
+from securedream.stack import build_aggregation
 
 Progress = Callable[[int], None]
 

@@ -24,8 +24,8 @@ import torch
 
 from attacks.membership.targets import PipelineRun, with_seed
 from securedream.aggregation.base import Channel
-from securedream.aggregation.factory import build_aggregation
 from securedream.seeding import derive_seed
+from securedream.stack import build_aggregation
 
 
 def observed_estimates(run: PipelineRun, num_classes: int, seed: int) -> tuple[np.ndarray, str]:

@@ -48,6 +48,14 @@ class Aggregator(ABC):
         """Clients still taking part in this round (a dropped client is out until the next)."""
         return list(client_ids)
 
+    def finish(self, result: AggregateResult, *, channel: Channel) -> AggregateResult:
+        """The server's last step on a sum: nothing here; a DP wrapper adds noise and records.
+
+        Called by :meth:`aggregate` and, where the sum was computed elsewhere (Flower's remote
+        secure sum), by whoever obtained it, so the release is finished the same way.
+        """
+        return result
+
     @abstractmethod
     def aggregate(
         self, contributions: Mapping[int, torch.Tensor], *, channel: Channel, step: int

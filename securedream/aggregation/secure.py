@@ -25,7 +25,7 @@ import protocols
 from securedream.aggregation.base import AggregateResult, Aggregator, Channel, check_contributions
 from securedream.contribution import fixed_point_encode
 from securedream.errors import SecureDreamError
-from securedream.privacy.noise import NoiseSource
+from securedream.randomness import NoiseSource
 from securedream.seeding import numpy_generator
 
 STAGES = ("advertise", "share", "masked_input", "consistency", "unmask")
@@ -91,6 +91,28 @@ class SecureAggregationSettings:
     min_survivors: int = 2  # fewest survivors a sum is released with (never below 2 or t)
 
 
+def protocol_config(
+    num_clients: int, settings: SecureAggregationSettings
+) -> protocols.SecAggConfig:
+    """The protocol parameters of a session: what the server and every client must agree on."""
+    return protocols.SecAggConfig(
+        num_clients=num_clients,
+        graph=settings.graph,
+        degree=settings.degree,
+        threshold=settings.threshold,
+        dropout_rate=min(max(settings.dropout_rate, 0.0), 0.5),
+        bits=settings.bits,
+        clip=1.0,
+        scale=settings.scale,
+    )
+
+
+def channel_range(settings: SecureAggregationSettings, channel: Channel) -> float:
+    """The public value range of a channel: contributions are divided by it before encoding."""
+    key = "logits" if channel is Channel.LOGITS else "dream"
+    return float(settings.ranges.get(key, 1.0))
+
+
 # Noise added by each client to its *encoded* integer vector before masking (distributed DP).
 IntegerNoise = Callable[[int, Channel, int], np.ndarray]
 
@@ -103,16 +125,7 @@ class SecureAggregator(Aggregator):
             raise SecureDreamError("secure aggregation needs at least 2 clients")
         self.num_clients = num_clients
         self.settings = settings
-        self.config = protocols.SecAggConfig(
-            num_clients=num_clients,
-            graph=settings.graph,
-            degree=settings.degree,
-            threshold=settings.threshold,
-            dropout_rate=min(max(settings.dropout_rate, 0.0), 0.5),
-            bits=settings.bits,
-            clip=1.0,
-            scale=settings.scale,
-        )
+        self.config = protocol_config(num_clients, settings)
         self.session: protocols.InProcessSession | None = None
         self.round_index = 0
         # wall seconds of secure-aggregation work (encode, protocol, decode) and, separately, of
@@ -137,8 +150,7 @@ class SecureAggregator(Aggregator):
         return self.config.encoding
 
     def channel_range(self, channel: Channel) -> float:
-        key = "logits" if channel is Channel.LOGITS else "dream"
-        return float(self.settings.ranges.get(key, 1.0))
+        return channel_range(self.settings, channel)
 
     def start_round(self, round_index: int, client_ids: Sequence[int]) -> None:
         self.round_index = round_index

@@ -60,14 +60,14 @@ def parse_alphas(text: str | None, cfg: RunConfig) -> list[float]:
 
 
 def run_accuracy_bench(args: argparse.Namespace) -> int:
-    from securedream.cli import _resolve
+    from securedream.config_args import config_from_args
     from securedream.engines.inprocess import run_experiment
     from securedream.runs.folder import check_out_path
 
     if not 1 <= args.seeds <= 100:
         raise ConfigError("--seeds", f"must be in [1, 100], got {args.seeds}")
     methods = parse_methods(args.methods)
-    base: RunConfig = _resolve(args)
+    base: RunConfig = config_from_args(args)
     out_root = (
         check_out_path(args.out)
         if args.out is not None

@@ -57,13 +57,13 @@ def variants(epsilons: list[float]) -> list[tuple[str, list[str]]]:
 
 def run_private_bench(args: argparse.Namespace) -> int:
     from securedream.bench.progress import RunCounter
-    from securedream.cli import _resolve
+    from securedream.config_args import config_from_args
     from securedream.engines.inprocess import run_experiment
 
     if getattr(args, "mode", "client") == "sample":
         return _run_sample_mode(args)
     epsilons = parse_epsilons(args.epsilons)
-    base = _resolve(args)
+    base = config_from_args(args)
     out_root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="securedream-private-"))
     rows: list[dict[str, Any]] = []
     counter = RunCounter(len(variants(epsilons)))
@@ -107,13 +107,13 @@ def _run_sample_mode(args: argparse.Namespace) -> int:
         rows_json,
         run_sample_bench,
     )
-    from securedream.cli import _resolve
+    from securedream.config_args import config_from_args
 
     epsilons = parse_epsilons(args.epsilons)
     ablation = [] if args.ablation.strip().lower() == "none" else parse_epsilons(args.ablation)
     if args.preset is None and args.config is None:
         args.preset = "private-demo"
-    base = _resolve(args)
+    base = config_from_args(args)
     out_root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="securedream-sample-"))
     rows = run_sample_bench(
         base,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -10,72 +9,34 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from securedream.aggregation import Aggregator
-from securedream.config import RunConfig, config_to_dict
-from securedream.diagnostics import Disclosure, add_to_privacy_report, opt_in_leaks
-from securedream.errors import ConfigError, RunFolderError
-from securedream.privacy.engine import PrivacyBudgetExhausted
+from securedream.config import RunConfig
+from securedream.diagnostics import Disclosure
+from securedream.engines.driver import RoundCallback, run_rounds, summarise
+from securedream.errors import RunFolderError
 from securedream.rounds.baselines import fedavg_round, independent_round
-from securedream.rounds.codream import codream_round
+from securedream.rounds.codream import ExperimentCohort, codream_record, evaluation
 from securedream.rounds.experiment import Experiment, checkpoint_state_problem
 from securedream.runs import RunFolder
 from securedream.runs.folder import check_same_config
-from securedream.runs.plots import save_accuracy_plot, save_dream_grid
-from securedream.runs.timing import (
-    NESTED_STAGES,
-    nested_seconds,
-    nested_stage_seconds,
-    round_seconds,
-)
 
-RoundCallback = Callable[[int, dict[str, Any]], None]
-
-
-def _progress(total: int, desc: str, enabled: bool, position: int = 0) -> tqdm:
-    return tqdm(
-        total=total,
-        desc=desc,
-        disable=not enabled,
-        leave=position == 0,
-        position=position,
-        dynamic_ncols=True,
-        file=sys.stderr,
-    )
+__all__ = ["InProcessRun", "run_experiment", "run_one_round", "summarise"]
 
 
 def evaluate(exp: Experiment) -> dict[str, Any]:
-    """The harness's evaluation of every model it holds (the experimenter's, not the server's).
-
-    ``client_accuracy`` is per client and leaves the record in a secure or private run
-    (:meth:`Disclosure.round_record`); the mean and spread across clients stay.
-    """
-    accuracies = [c.evaluate(exp.data.test_x, exp.data.test_y) for c in exp.clients]
-    result: dict[str, Any] = {
-        "client_accuracy": accuracies,
-        "mean_accuracy": statistics.fmean(accuracies),
-        "std_accuracy": statistics.pstdev(accuracies) if len(accuracies) > 1 else 0.0,
-    }
-    if exp.student is not None:
-        result["server_accuracy"] = exp.student.evaluate(exp.data.test_x, exp.data.test_y)
-    return result
+    """The harness's evaluation of every model it holds (the experimenter's, not the server's)."""
+    return evaluation(exp, ExperimentCohort(exp), -1)
 
 
 def run_one_round(
     exp: Experiment, round_index: int, on_dream_step: Callable[[int], None] | None = None
 ) -> dict[str, Any]:
-    exp.ledger.reset()
     method = exp.cfg.method
     if method == "codream":
-        if exp.privacy is not None:
-            exp.privacy.check_budget(round_index)
-        before = nested_seconds(exp.aggregator)
-        report = codream_round(exp, round_index, on_dream_step)
-        report["stage_seconds"].update(nested_stage_seconds(exp.aggregator, before))
-        if exp.privacy is not None:
-            report["epsilon"] = exp.privacy.end_round()
-    elif method == "fedavg":
+        return codream_record(exp, ExperimentCohort(exp), round_index, on_dream_step)
+    exp.ledger.reset()
+    if method == "fedavg":
         report = fedavg_round(exp, round_index)
     else:  # independent and centralized (a single pooled client)
         report = independent_round(exp, round_index)
@@ -91,64 +52,42 @@ def run_one_round(
     return Disclosure.of(exp.cfg).round_record(report)
 
 
-def summarise(cfg: RunConfig, records: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    """Final-round figures (never best-over-rounds on the test set) and mean communication."""
-    final = records[-1]
-    per_round_up = [statistics.fmean(r["bytes_up"]) for r in records]
-    per_round_down = [statistics.fmean(r["bytes_down"]) for r in records]
-    summary: dict[str, Any] = {
-        "name": cfg.name,
-        "method": cfg.method,
-        "seed": cfg.seed,
-        "dataset": cfg.data.dataset,
-        "rounds": len(records),
-        "clients": cfg.clients.count,
-        "models": cfg.client_models() if cfg.method == "codream" else None,
-        # None where the run has no such figure: a secure or private Flower run's server never
-        # receives a client's accuracy, and no such run records a per-client one (diagnostics)
-        "final_client_accuracy": final.get("client_accuracy"),
-        "final_mean_accuracy": final.get("mean_accuracy"),
-        "final_std_accuracy": final.get("std_accuracy"),
-        "opt_in_leaks": opt_in_leaks(cfg),  # plain per-client channels the user opened
-        "bytes_up_per_client_round": statistics.fmean(per_round_up),
-        "bytes_down_per_client_round": statistics.fmean(per_round_down),
-        "bytes_per_client_round": statistics.fmean(per_round_up) + statistics.fmean(per_round_down),
-        "timing": {
-            "seconds": seconds,
-            "stage_seconds_total": {
-                stage: sum(r["stage_seconds"].get(stage, 0.0) for r in records)
-                for stage in records[0]["stage_seconds"]
-            },
-            "round_seconds_mean": statistics.fmean(
-                round_seconds(r["stage_seconds"]) for r in records
-            ),
-            "nested_stages": list(NESTED_STAGES),
-        },
-    }
-    if "server_accuracy" in final:
-        summary["final_server_accuracy"] = final["server_accuracy"]
-    return summary
+class InProcessRun:
+    """The in-process engine as the run loop sees it (a ``driver.RoundEngine``)."""
 
+    name = "inprocess"
 
-def _write_privacy(folder: RunFolder, exp: Experiment) -> dict[str, Any]:
-    """privacy.json (every parameter, for independent recomputation) and privacy.md."""
-    from securedream.privacy.report import report_markdown
+    def __init__(self, exp: Experiment) -> None:
+        self.exp = exp
+        self.cfg = exp.cfg
+        self.mean = exp.data.mean
+        self.std = exp.data.std
 
-    report = exp.privacy.report() if exp.privacy is not None else {"placement": "off"}
-    sample_level = exp.sample_level_report()
-    if sample_level is not None:
-        report["sample_level"] = sample_level
-    add_to_privacy_report(report, exp.cfg, "inprocess")
-    folder.write_json("privacy.json", report)
-    folder.write_text("privacy.md", report_markdown(report))
-    summary = {
-        key: report[key]
-        for key in ("epsilon_total", "delta", "noise_multiplier", "placement")
-        if key in report
-    }
-    if sample_level is not None:
-        summary["sample_level_epsilon_max"] = sample_level["epsilon_max"]
-    return summary
+    @property
+    def last_dreams(self) -> torch.Tensor | None:
+        return self.exp.last_dreams
+
+    def run_round(self, round_index: int, on_step: Callable[[int], None]) -> dict[str, Any]:
+        return run_one_round(self.exp, round_index, on_step)
+
+    def grid_labels(self) -> list[int] | None:
+        return self.exp.buffer[-1][1].argmax(dim=1).tolist() if self.exp.buffer else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.exp.state_dict()
+
+    def bookkeeping(self) -> dict[str, Any]:
+        return self.exp.bookkeeping()
+
+    def privacy_report(self) -> dict[str, Any] | None:
+        exp = self.exp
+        if exp.privacy is None and not self.cfg.privacy.sample_level:
+            return None
+        report = exp.privacy.report() if exp.privacy is not None else {"placement": "off"}
+        sample_level = exp.sample_level_report()
+        if sample_level is not None:
+            report["sample_level"] = sample_level
+        return report
 
 
 def run_experiment(
@@ -259,61 +198,11 @@ def _run_locked(
             )
         _start(exp, folder, cfg)
 
-    started = time.perf_counter()
-    records = folder.read_metrics()
-    rounds_bar = _progress(cfg.rounds, f"{cfg.method} rounds", progress)
-    rounds_bar.update(start_round)
-    steps_total = cfg.dreams.global_steps if cfg.method == "codream" else 0
-    stopped: str | None = None
-    for round_index in range(start_round, cfg.rounds):
-        steps_bar = _progress(steps_total, "dream steps", progress and steps_total > 0, position=1)
-        try:
-            report = run_one_round(exp, round_index, lambda _step, bar=steps_bar: bar.update(1))
-        except PrivacyBudgetExhausted as exc:
-            stopped = str(exc)
-            if not records:
-                raise ConfigError(
-                    "privacy.max_epsilon", f"too small for even one round: {stopped}"
-                ) from None
-            print(f"securedream: {stopped}", file=sys.stderr)
-            break
-        finally:
-            steps_bar.close()
-        folder.append_metrics(report)
-        if exp.privacy is not None or cfg.privacy.sample_level:
-            _write_privacy(folder, exp)
-        records.append(report)
-        if exp.last_dreams is not None and cfg.output.dream_grid:
-            save_dream_grid(
-                exp.last_dreams,
-                folder.path / "dreams" / f"round_{round_index + 1:03d}.png",
-                exp.data.mean,
-                exp.data.std,
-                cfg.output.grid_images,
-                labels=exp.buffer[-1][1].argmax(dim=1).tolist() if exp.buffer else None,
-            )
-        if cfg.output.checkpoint:
-            folder.save_checkpoint(
-                exp.state_dict(),
-                {
-                    "rounds_done": round_index + 1,
-                    "seconds": elapsed_before + time.perf_counter() - started,
-                    **exp.bookkeeping(),
-                },
-            )
-        rounds_bar.set_postfix(acc=f"{report['mean_accuracy']:.3f}")
-        rounds_bar.update(1)
-        if on_round_end is not None:
-            on_round_end(round_index, report)
-    rounds_bar.close()
-
-    if not records:
-        raise RunFolderError(f"no round completed: {stopped}")
-    save_accuracy_plot(records, folder.path / "accuracy.png", f"{cfg.name}: {cfg.method}")
-    summary = summarise(cfg, records, elapsed_before + time.perf_counter() - started)
-    summary["stopped_early"] = stopped
-    if exp.privacy is not None or cfg.privacy.sample_level:
-        summary["privacy"] = _write_privacy(folder, exp)
-    summary["config"] = config_to_dict(cfg)
-    folder.write_json("summary.json", summary)
-    return summary
+    return run_rounds(
+        InProcessRun(exp),
+        folder,
+        start_round=start_round,
+        elapsed_before=elapsed_before,
+        progress=progress,
+        on_round_end=on_round_end,
+    )

@@ -33,7 +33,7 @@ from securedream.contribution import l2_sensitivity, skellam_share_mu
 from securedream.errors import SecureDreamError
 from securedream.privacy.accounting import PrivacyLedger, SkellamRelease
 from securedream.privacy.clipping import clip_l2
-from securedream.privacy.noise import NoiseSource
+from securedream.randomness import NoiseSource
 
 # Skellam tails beyond this many standard deviations are never reached in practice (< 1e-20 per
 # coordinate); the fixed-point scale leaves this much headroom so noisy shares cannot overflow.
@@ -143,33 +143,35 @@ class DPAggregator(Aggregator):
         return self._central_noise_seconds + float(getattr(self.inner, "noise_seconds", 0.0))
 
     # ------------------------------------------------------------------------------------------
-    def _integer_mu(self) -> float:
+    def _integer_mu(self, dim: int) -> float:
         """Skellam parameter of one client's share, in the secure aggregation's integer units."""
         assert isinstance(self.inner, SecureAggregator)
         return skellam_share_mu(
             self.settings.noise_multiplier,
             self.inner.encoding.scale,
-            self._dim,
+            dim,
             self.settings.calibration_shares,
         )
 
-    def _integer_l2_sensitivity(self, dim: int) -> float:
-        """One client's encoded vector: ‖q‖₂ ≤ s·1 (clipped to C, in units of C) + √d (rounding)."""
-        assert isinstance(self.inner, SecureAggregator)
-        return l2_sensitivity(self.inner.encoding.scale, dim)
-
     def _client_noise_share(self, count: int, channel: Channel, step: int) -> np.ndarray:
-        return self.noise.skellam(count, self._integer_mu())
+        return self.noise.skellam(count, self._integer_mu(count))
 
     def aggregate(
         self, contributions: Mapping[int, torch.Tensor], *, channel: Channel, step: int
     ) -> AggregateResult:
+        """Clip each contribution (what each client does), sum through ``inner``, finish."""
         clip = self.settings.clip_for(channel)
         clipped = {c: clip_l2(v, clip) for c, v in contributions.items()}
+        result = self.inner.aggregate(clipped, channel=channel, step=step)
+        return self.finish(result, channel=channel)
+
+    def finish(self, result: AggregateResult, *, channel: Channel) -> AggregateResult:
+        """Refuse a sum of too few survivors, add central noise, record the release."""
+        clip = self.settings.clip_for(channel)
         z = self.settings.noise_multiplier
+        survivors = len(result.contributors)
+        self._check_survivors(survivors)
         if self.settings.placement == "central":
-            result = self.inner.aggregate(clipped, channel=channel, step=step)
-            self._check_survivors(len(result.contributors))
             std = z * clip
             start = time.perf_counter()
             noise = self.noise.gaussian(result.total.numel(), std)
@@ -179,21 +181,18 @@ class DPAggregator(Aggregator):
             self._central_noise_seconds += time.perf_counter() - start
             self.ledger.record_gaussian(channel.value, z)
             self.noise_std_log.append(std)
-            self.survivors.append(len(result.contributors))
+            self.survivors.append(survivors)
             return replace(result, total=noisy)
 
-        self._dim = next(iter(contributions.values())).numel()
-        result = self.inner.aggregate(clipped, channel=channel, step=step)
-        survivors = len(result.contributors)
-        self._check_survivors(survivors)
-        mu_share = self._integer_mu()
-        sensitivity = self._integer_l2_sensitivity(self._dim)
+        dim = result.total.numel()
+        mu_share = self._integer_mu(dim)
+        sensitivity = l2_sensitivity(self.inner.encoding.scale, dim)  # type: ignore[attr-defined]
         self.ledger.record_skellam(
             channel.value,
             SkellamRelease(
                 mu=mu_share * survivors,
                 l2_sensitivity=sensitivity,
-                l1_sensitivity=sensitivity * math.sqrt(self._dim),
+                l1_sensitivity=sensitivity * math.sqrt(dim),
                 count=1,
                 shares=survivors,
             ),

@@ -18,9 +18,9 @@ from securedream.privacy.engine import release_plan
 
 
 def run_privacy_command(args: argparse.Namespace) -> int:
-    from securedream.cli import _resolve
+    from securedream.config_args import config_from_args
 
-    cfg = _resolve(args)
+    cfg = config_from_args(args)
     plan = release_plan(cfg)
     releases = args.releases if args.releases is not None else plan.total(cfg.rounds)
     if releases < 1:
@@ -64,12 +64,14 @@ def run_privacy_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_adversaries_parser(privacy_sub: Any, add_config_arguments: Any) -> None:
+def add_adversaries_parser(privacy_sub: Any) -> None:
     """``securedream privacy adversaries``: the run's ε against each party, before running it."""
     p = privacy_sub.add_parser(
         "adversaries",
         help="ε of a whole run against the observer, the server and the server with colluders",
     )
+    from securedream.config_args import add_config_arguments
+
     add_config_arguments(p, "demo")
     p.add_argument(
         "--survivors",
@@ -86,11 +88,11 @@ def run_adversaries_command(args: argparse.Namespace) -> int:
     The same calibration, fixed-point scale and ledger as a real run (``RunPrivacy``), with the
     releases recorded as the run would record them, without training anything.
     """
-    from securedream.aggregation.factory import build_aggregation
-    from securedream.cli import _resolve
+    from securedream.config_args import config_from_args
     from securedream.data.datasets import load_dataset
+    from securedream.stack import build_aggregation
 
-    cfg = _resolve(args)
+    cfg = config_from_args(args)
     if cfg.privacy.placement == "off":
         raise ConfigError("privacy.placement", 'set "central" or "distributed" to account it')
     data = load_dataset(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ from securedream.privacy.adversaries import (
     protected_epsilon,
 )
 from securedream.privacy.aggregator import DPAggregator, DPSettings
-from securedream.privacy.noise import NoiseSource
+from securedream.randomness import NoiseSource
 
 
 class PrivacyBudgetExhausted(SecureDreamError):
@@ -247,9 +248,10 @@ class RunPrivacy:
         )
 
     # --- wiring -------------------------------------------------------------------------------
-    def wrap(self, inner: Aggregator) -> DPAggregator:
+    def dp_settings(self) -> DPSettings:
+        """The clip, noise and survivor parameters of every release of this run."""
         p = self.cfg.privacy
-        settings = DPSettings(
+        return DPSettings(
             placement=p.placement,
             noise_multiplier=self.noise_multiplier,
             clip_gradient=p.clip_gradient,
@@ -257,6 +259,17 @@ class RunPrivacy:
             min_survivors=self.min_survivors,
             noise_shares=self.noise_shares,
         )
+
+    def wrap(
+        self,
+        inner: Aggregator,
+        noise_for_round: Callable[[int], NoiseSource] | None = None,
+    ) -> DPAggregator:
+        """The DP aggregator around ``inner`` (the only place one is made: ``securedream.stack``).
+
+        ``noise_for_round`` replaces the run's noise keys (the audit's reproducible keys).
+        """
+        p = self.cfg.privacy
         if (
             isinstance(inner, SecureAggregator)
             and inner.threshold < self.min_survivors
@@ -267,7 +280,9 @@ class RunPrivacy:
                 f"must be >= privacy.min_survivors = {self.min_survivors} in distributed mode "
                 f"(got t = {inner.threshold}) so no under-noised sum can be unmasked",
             )
-        self.aggregator = DPAggregator(inner, settings, self.ledger, self.noise_for_round)
+        self.aggregator = DPAggregator(
+            inner, self.dp_settings(), self.ledger, noise_for_round or self.noise_for_round
+        )
         return self.aggregator
 
     def noise_for_round(self, round_index: int) -> NoiseSource:

@@ -74,7 +74,7 @@ class Experiment:
         if aggregator is None and cfg.method != "codream":
             aggregator = PlainAggregator()  # baselines never aggregate through it
         if aggregator is None:
-            from securedream.aggregation.factory import build_aggregation
+            from securedream.stack import build_aggregation
 
             aggregator, self.privacy = build_aggregation(
                 cfg,
@@ -216,6 +216,13 @@ class Experiment:
             release = client.measure_features(p.feature_clip, p.feature_noise_multiplier, gen)
             clipped.append(release.clipped_fraction)
         return clipped
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    def test_split(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.data.test_x, self.data.test_y
 
     def dream_shape(self) -> tuple[int, int, int, int]:
         s = self.data.image_size

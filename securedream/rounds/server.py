@@ -8,31 +8,31 @@ the same way: those are the soft labels.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 
 from securedream.aggregation import Aggregator, Channel
-from securedream.comm import CommLedger, tensor_bytes
+from securedream.comm import CommLedger
 from securedream.dreams import DreamLossWeights, mean_entropy
+from securedream.rounds.cohort import (
+    Cohort,
+    DreamingClient,
+    DreamRequest,
+    DreamSum,
+    InProcessCohort,
+)
 
-
-class DreamingClient(Protocol):
-    """What the server needs from a client endpoint (in-process object or a remote proxy)."""
-
-    client_id: int
-
-    def dream_gradient(
-        self, dreams: torch.Tensor, weights: DreamLossWeights
-    ) -> tuple[torch.Tensor, dict[str, float]]: ...
-
-    def dream_delta(
-        self, dreams: torch.Tensor, weights: DreamLossWeights, steps: int, lr: float
-    ) -> tuple[torch.Tensor, dict[str, float]]: ...
-
-    def dream_logits(self, dreams: torch.Tensor) -> torch.Tensor: ...
+__all__ = [
+    "DreamingClient",
+    "DreamingOutcome",
+    "DreamingSettings",
+    "collaborative_dreaming",
+    "dream_over",
+    "snapshot_steps",
+    "student_entropy_ascent",
+]
 
 
 @dataclass(frozen=True)
@@ -65,29 +65,15 @@ def snapshot_steps(steps: int, snapshots: int) -> set[int]:
     return {steps - 1 - round(i * steps / snapshots) for i in range(snapshots)}
 
 
-def _active(clients: Sequence[DreamingClient], aggregator: Aggregator) -> list[DreamingClient]:
-    """Clients the aggregator still counts this round; the server stops sending to the others."""
-    keep = set(aggregator.active_clients([c.client_id for c in clients]))
-    return [c for c in clients if c.client_id in keep]
-
-
-def _track_norms(outcome: DreamingOutcome, channel: str, values: Iterable[torch.Tensor]) -> None:
+def _track_norms(outcome: DreamingOutcome, channel: str, answer: DreamSum) -> None:
     """Running mean over the round of the mean client contribution norm on ``channel``."""
-    norms = [float(torch.linalg.vector_norm(v)) for v in values]
-    if not norms:
+    if not answer.norms:
         return
-    current = sum(norms) / len(norms)
+    current = sum(answer.norms) / len(answer.norms)
     count = outcome.norm_counts.get(channel, 0)
     previous = outcome.contribution_norms.get(channel, 0.0)
     outcome.contribution_norms[channel] = (previous * count + current) / (count + 1)
     outcome.norm_counts[channel] = count + 1
-
-
-def _mean_terms(per_client: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    if not per_client:
-        return {}
-    keys = per_client[0].keys()
-    return {k: sum(t[k] for t in per_client) / len(per_client) for k in keys}
 
 
 def student_entropy_ascent(
@@ -114,15 +100,38 @@ def collaborative_dreaming(
     per_client_diagnostics: bool = True,
     cohort: Callable[[int], Sequence[DreamingClient]] | None = None,
 ) -> DreamingOutcome:
-    """Optimise one dream batch for ``settings.steps`` aggregations; return the snapshots.
+    """:func:`dream_over` the in-process ``clients`` summed by ``aggregator``.
 
     With ``per_client_diagnostics`` False (a secure or private run, see
     :mod:`securedream.diagnostics`) the loop keeps nothing of a client's response but what goes
-    into the aggregator: no contribution norms, no dream-loss terms.
+    into the aggregator: no contribution norms, no dream-loss terms. ``cohort`` (client sampling,
+    :mod:`securedream.population`) names the clients asked for each release, by release index.
+    """
+    members = InProcessCohort(
+        clients,
+        aggregator,
+        ledger,
+        per_client_diagnostics=per_client_diagnostics,
+        sampler=cohort,
+    )
+    return dream_over(
+        initial, members, settings, public_count=public_count, student=student, on_step=on_step
+    )
 
-    ``cohort`` (client sampling, :mod:`securedream.population`) names the clients asked for each
-    release, by release index (global steps and snapshots counted together); without it every
-    client answers every release. ``public_count`` stays the divisor either way.
+
+def dream_over(
+    initial: torch.Tensor,
+    cohort: Cohort,
+    settings: DreamingSettings,
+    *,
+    public_count: float,
+    student: torch.nn.Module | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> DreamingOutcome:
+    """Optimise one dream batch for ``settings.steps`` aggregations; return the snapshots.
+
+    Every client answer reaches the server only as the cohort's sum; ``public_count`` (never the
+    number of survivors) is the divisor.
     """
     dreams = initial.detach().clone()
     param = torch.nn.Parameter(dreams)
@@ -133,30 +142,15 @@ def collaborative_dreaming(
 
     for step in range(settings.steps):
         current = param.detach()
-        asked = clients if cohort is None else cohort(outcome.aggregations + len(outcome.snapshots))
-        active = _active(asked, aggregator)
-        ledger.received([c.client_id for c in active], tensor_bytes(current), "dreams")
-        responses: dict[int, torch.Tensor] = {}
-        terms: list[dict[str, float]] = []
-        for client in active:
-            if settings.local_steps == 1:
-                value, client_terms = client.dream_gradient(current, settings.weights)
-            else:
-                value, client_terms = client.dream_delta(
-                    current, settings.weights, settings.local_steps, settings.local_lr
-                )
-            responses[client.client_id] = value.to(current.device)
-            if per_client_diagnostics:
-                terms.append(client_terms)
-        if per_client_diagnostics:
-            _track_norms(outcome, channel.value, responses.values())
-        result = aggregator.aggregate(responses, channel=channel, step=step)
+        request = DreamRequest(
+            channel, current, step, settings.weights, settings.local_steps, settings.local_lr
+        )
+        answer = cohort.dream(request)
+        _track_norms(outcome, channel.value, answer)
         outcome.aggregations += 1
-        outcome.survivors.append(len(result.contributors))
-        ledger.sent(result.bytes_up, channel.value)
-        ledger.received_each(result.bytes_down, channel.value)
-        mean = result.total.to(current.device) / public_count
-        outcome.final_terms = _mean_terms(terms)
+        outcome.survivors.append(len(answer.contributors))
+        mean = answer.total.to(current.device) / public_count
+        outcome.final_terms = answer.terms
 
         optimizer.zero_grad(set_to_none=True)
         if settings.local_steps == 1:
@@ -173,51 +167,12 @@ def collaborative_dreaming(
             optimizer.step()
 
         if step in take_snapshot:
-            outcome.snapshots.append(
-                _soft_labels(
-                    param.detach(),
-                    clients,
-                    clients
-                    if cohort is None
-                    else cohort(outcome.aggregations + len(outcome.snapshots)),
-                    aggregator,
-                    step,
-                    public_count,
-                    ledger,
-                    outcome,
-                    per_client_diagnostics,
-                )
-            )
+            snapshot = param.detach()
+            logits = cohort.dream(DreamRequest(Channel.LOGITS, snapshot, step))
+            _track_norms(outcome, Channel.LOGITS.value, logits)
+            outcome.survivors.append(len(logits.contributors))
+            soft = logits.total.to(snapshot.device) / public_count
+            outcome.snapshots.append((snapshot.clone(), soft))
         if on_step is not None:
             on_step(step)
     return outcome
-
-
-def _soft_labels(
-    dreams: torch.Tensor,
-    clients: Sequence[DreamingClient],
-    asked: Sequence[DreamingClient],
-    aggregator: Aggregator,
-    step: int,
-    public_count: float,
-    ledger: CommLedger,
-    outcome: DreamingOutcome,
-    per_client_diagnostics: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean client logits on the dreams, obtained only as an aggregate."""
-    active = _active(asked, aggregator)
-    ledger.received([c.client_id for c in active], tensor_bytes(dreams), "dreams")
-    logits = {c.client_id: c.dream_logits(dreams).to(dreams.device) for c in active}
-    if per_client_diagnostics:
-        _track_norms(outcome, Channel.LOGITS.value, logits.values())
-    result = aggregator.aggregate(logits, channel=Channel.LOGITS, step=step)
-    outcome.survivors.append(len(result.contributors))
-    ledger.sent(result.bytes_up, Channel.LOGITS.value)
-    ledger.received_each(result.bytes_down, Channel.LOGITS.value)
-    soft = result.total.to(dreams.device) / public_count
-    # every client distils from the buffer, so clients that dropped get the dreams here too
-    ledger.received([c.client_id for c in clients], tensor_bytes(soft), "soft_labels")
-    answered = {c.client_id for c in active}
-    missed = [c.client_id for c in clients if c.client_id not in answered]
-    ledger.received(missed, tensor_bytes(dreams), "dreams")
-    return dreams.clone(), soft

@@ -42,8 +42,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 import protocols
 from securedream.aggregation import Channel
-from securedream.aggregation.factory import build_aggregation
-from securedream.aggregation.secure import SecureAggregator
+from securedream.aggregation.secure import channel_range, protocol_config
 from securedream.config import RunConfig, config_from_dict
 from securedream.contribution import fixed_point_encode, rounding_stream, skellam_share_mu
 from securedream.data import DatasetBundle, load_dataset, split_for_config
@@ -51,11 +50,11 @@ from securedream.diagnostics import Disclosure
 from securedream.engines.flower import messages as m
 from securedream.errors import ConfigError, SecureDreamError
 from securedream.models import build_model
-from securedream.privacy.aggregator import DPAggregator
 from securedream.privacy.clipping import clip_l2
-from securedream.privacy.noise import NoiseSource
+from securedream.randomness import NoiseSource
 from securedream.rounds.client import CoDreamClient, DistillSettings, LocalTrainingConfig
 from securedream.seeding import derive_seed, torch_generator
+from securedream.stack import plan_stack
 
 log = logging.getLogger("securedream.flower.client")
 
@@ -130,33 +129,29 @@ class Security:
 
     @classmethod
     def from_config(cls, cfg: RunConfig, dim: int, num_classes: int) -> Security:
-        aggregator, _ = build_aggregation(cfg, dim=dim, num_classes=num_classes)
-        dp = aggregator if isinstance(aggregator, DPAggregator) else None
-        inner = dp.inner if dp is not None else aggregator
+        plan = plan_stack(cfg, dim=dim, num_classes=num_classes)
+        dp, secure = plan.dp, plan.secure
         secagg = None
         ranges: dict[str, float] = {}
         scale = 0.0
-        if isinstance(inner, SecureAggregator):
-            secagg = {
-                f.name: getattr(inner.config, f.name)
-                for f in dataclasses.fields(inner.config)
-                if f.init
-            }
+        if secure is not None:
+            config = protocol_config(plan.clients, secure)
+            secagg = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
             ranges = {
-                "dream": inner.channel_range(Channel.DREAM_GRADIENT),
-                "logits": inner.channel_range(Channel.LOGITS),
+                "dream": channel_range(secure, Channel.DREAM_GRADIENT),
+                "logits": channel_range(secure, Channel.LOGITS),
             }
-            scale = float(inner.encoding.scale)
+            scale = float(config.encoding.scale)
         return cls(
             secure=secagg is not None,
             secagg=secagg,
             ranges=ranges,
             scale=scale,
-            placement=dp.settings.placement if dp is not None else "off",
-            clip_gradient=dp.settings.clip_gradient if dp is not None else 0.0,
-            clip_logits=dp.settings.clip_logits if dp is not None else 0.0,
-            noise_multiplier=dp.settings.noise_multiplier if dp is not None else 0.0,
-            noise_shares=dp.settings.calibration_shares if dp is not None else 0,
+            placement=dp.placement if dp is not None else "off",
+            clip_gradient=dp.clip_gradient if dp is not None else 0.0,
+            clip_logits=dp.clip_logits if dp is not None else 0.0,
+            noise_multiplier=dp.noise_multiplier if dp is not None else 0.0,
+            noise_shares=dp.calibration_shares if dp is not None else 0,
         )
 
     def to_bytes(self) -> bytes:

@@ -1,15 +1,8 @@
-"""Server side of the Flower transport: node roster, message exchange, Flower-backed aggregators.
+"""Server side of the Flower transport: node roster, message exchange, the remote secure sum.
 
-The CoDream server loop (:func:`securedream.rounds.server.collaborative_dreaming`) is reused
-unchanged. It talks to clients through the ``DreamingClient`` protocol and obtains sums only from an
-``Aggregator``. On Flower:
-
-* :class:`FlowerDreamingClient` proxies record what the loop asks of each client at this step
-  (gradient, local change or logits on these dreams) and hand back placeholders of the right shape;
-* the Flower aggregators then do the work inside ``aggregate``: one DREAM message per active client
-  carrying the dreams, and the reply carries the contribution (plain) or its masked encoding
-  (secure). Batching the request per step lets all nodes compute in parallel, and lets the masked
-  vector ride on the same reply.
+:class:`FlowerLink` sends one message per node and collects the replies, counting bytes;
+``engines.flower.cohort.FlowerCohort`` uses it to answer the round's requests (the round logic is
+the in-process one, :mod:`securedream.rounds.codream`).
 
 :class:`FlowerSecureAggregator` drives the ``protocols.Server`` state machine of one session per
 round and ships each stage's wire bytes in Flower messages (AdvertiseKeys/Roster/ShareKeys at the
@@ -28,29 +21,29 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Message, RecordDict
 
 import protocols
 from protocols.encoding import decode_integer_sum
-from securedream.aggregation import AggregateResult, Aggregator, Channel
-from securedream.aggregation.base import check_contributions
+from securedream.aggregation import AggregateResult, Channel
 from securedream.aggregation.secure import (
     SecureAggregationAborted,
     SecureAggregationSettings,
     SecureAggregator,
 )
 from securedream.comm import CommLedger
-from securedream.dreams import DreamLossWeights
 from securedream.engines.flower import messages as m
 from securedream.errors import SecureDreamError
-from securedream.privacy.clipping import clip_l2
 
 log = logging.getLogger("securedream.flower")
+
+# builds one DREAM request from its per-client extras and the protocol messages it carries
+RequestBuilder = Callable[[Mapping[str, Any], Sequence[bytes]], RecordDict]
 
 
 class FlowerRunError(SecureDreamError):
@@ -225,205 +218,7 @@ class FlowerLink:
 
 
 # ----------------------------------------------------------------------------------------------
-# What the server loop asked of the clients at this step
-
-
-@dataclass
-class PendingRequest:
-    kind: str
-    dreams: torch.Tensor
-    weights: DreamLossWeights | None = None
-    local_steps: int = 1
-    local_lr: float = 0.0
-    terms: dict[int, dict[str, float]] = field(default_factory=dict)
-    snapshot: str = ""
-    _array: Array | None = None
-
-    def array(self) -> Array:
-        if self._array is None:
-            self._array = m.to_array(self.dreams)
-        return self._array
-
-
-class DreamCohort:
-    """Collects the per-client calls of one server step into one request for the aggregator."""
-
-    def __init__(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.pending: PendingRequest | None = None
-        self.reset_round(0)
-
-    def reset_round(self, round_index: int) -> None:
-        self.round_index = round_index
-        self.snapshot_receivers: dict[str, set[int]] = {}  # this round's soft-label requests
-        self.contribution_norms: dict[str, float] = {}
-        self.norm_counts: dict[str, int] = {}
-
-    def request(
-        self, client_id: int, kind: str, dreams: torch.Tensor, **params: Any
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        p = self.pending
-        if p is None or p.kind != kind or p.dreams is not dreams:
-            self.pending = p = PendingRequest(kind, dreams, **params)
-        terms: dict[str, float] = {}
-        p.terms[client_id] = terms
-        shape = (dreams.shape[0], self.num_classes) if kind == m.LOGITS else tuple(dreams.shape)
-        return torch.zeros(shape, dtype=dreams.dtype, device=dreams.device), terms
-
-    def take(self) -> PendingRequest:
-        if self.pending is None:
-            raise SecureDreamError("aggregate called with no client request recorded")
-        p, self.pending = self.pending, None
-        return p
-
-    def content(
-        self, req: PendingRequest, step: int, extra: Mapping[str, Any], proto: Sequence[bytes] = ()
-    ) -> RecordDict:
-        cfg: dict[str, Any] = {"kind": req.kind, "round": self.round_index, "step": step}
-        if req.weights is not None:
-            cfg.update(m.weights_config(req.weights))
-        if req.kind == m.DELTA:
-            cfg.update(local_steps=req.local_steps, local_lr=req.local_lr)
-        if req.kind == m.LOGITS:
-            req.snapshot = cfg["snapshot"] = self.snapshot_id(step)
-        cfg.update(extra)
-        rd = RecordDict({"cfg": ConfigRecord(cfg), "x": ArrayRecord({"dreams": req.array()})})
-        if proto:
-            rd["proto"] = ConfigRecord({"in": list(proto)})
-        return rd
-
-    def snapshot_id(self, step: int) -> str:
-        return f"r{self.round_index}s{step}"
-
-    def record(
-        self,
-        req: PendingRequest,
-        client: int,
-        reply: RecordDict,
-        channel: Channel,
-        norms: list[float],
-    ) -> None:
-        """Fill the client's loss terms (the server loop averages them); collect its norm.
-
-        Terms and norms come only from clients whose config discloses per-client metrics
-        (:class:`securedream.diagnostics.Disclosure`): a secure or private run's replies have none.
-        """
-        if "norm" in m.config_of(reply):
-            norms.append(float(m.config_of(reply)["norm"]))
-        if "terms" in reply and client in req.terms:
-            req.terms[client].update({k: float(v) for k, v in reply["terms"].items()})  # type: ignore[arg-type]
-        if req.kind == m.LOGITS:
-            self.snapshot_receivers.setdefault(req.snapshot, set()).add(client)
-
-    @staticmethod
-    def complete_terms(req: PendingRequest) -> None:
-        """Give clients that did not answer the mean terms of those that did.
-
-        The server loop averages the terms of every client it asked; filling the silent ones with
-        the responders' mean keeps that average equal to the mean over the responders.
-        """
-        answered = [t for t in req.terms.values() if t]
-        if not answered:
-            return
-        keys = answered[0].keys()
-        mean = {k: sum(t[k] for t in answered) / len(answered) for k in keys}
-        for terms in req.terms.values():
-            if not terms:
-                terms.update(mean)
-
-    def track_norms(self, channel: Channel, norms: Sequence[float]) -> None:
-        """Running mean over the round of the mean client contribution norm, as in-process."""
-        if not norms:
-            return
-        current = sum(norms) / len(norms)
-        count = self.norm_counts.get(channel.value, 0)
-        previous = self.contribution_norms.get(channel.value, 0.0)
-        self.contribution_norms[channel.value] = (previous * count + current) / (count + 1)
-        self.norm_counts[channel.value] = count + 1
-
-
-class FlowerDreamingClient:
-    """``DreamingClient`` proxy for client k: records the request, returns a placeholder.
-
-    The real contribution never reaches the server loop: the Flower aggregator sends the request
-    and sums (plain) or unmasks (secure) the replies. The terms dict is filled in by then.
-    """
-
-    def __init__(self, client_id: int, cohort: DreamCohort) -> None:
-        self.client_id = client_id
-        self.cohort = cohort
-
-    def dream_gradient(
-        self, dreams: torch.Tensor, weights: DreamLossWeights
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.cohort.request(self.client_id, m.GRADIENT, dreams, weights=weights)
-
-    def dream_delta(
-        self, dreams: torch.Tensor, weights: DreamLossWeights, steps: int, lr: float
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.cohort.request(
-            self.client_id, m.DELTA, dreams, weights=weights, local_steps=steps, local_lr=lr
-        )
-
-    def dream_logits(self, dreams: torch.Tensor) -> torch.Tensor:
-        value, _ = self.cohort.request(self.client_id, m.LOGITS, dreams)
-        return value
-
-
-# ----------------------------------------------------------------------------------------------
-# Aggregators
-
-
-class FlowerPlainAggregator(Aggregator):
-    """Plain summation over Flower: each node returns its float32 contribution in the reply."""
-
-    name = "plain"
-
-    def __init__(self, link: FlowerLink, cohort: DreamCohort, clip: Any = None) -> None:
-        self.link = link
-        self.cohort = cohort
-        self.clip = (
-            clip  # channel -> C when central DP wraps this (the server clips, as in-process)
-        )
-
-    def active_clients(self, client_ids: Sequence[int]) -> list[int]:
-        return [c for c in client_ids if not self.link.is_failed(c)]
-
-    def aggregate(
-        self, contributions: Mapping[int, torch.Tensor], *, channel: Channel, step: int
-    ) -> AggregateResult:
-        shape = check_contributions(contributions)
-        req = self.cohort.take()
-        clients = self.active_clients(sorted(contributions))
-        requests = {
-            k: (m.DREAM, self.cohort.content(req, step, {"secure": False})) for k in clients
-        }
-        before = dict(self.link.ledger.up)
-        replies = self.link.exchange(requests, down="dreams", up=channel.value)
-        values: dict[int, torch.Tensor] = {}
-        norms = []
-        for k in sorted(replies):
-            value = m.read_tensor(replies[k]["x"], "value")  # type: ignore[arg-type]
-            if tuple(value.shape) != tuple(shape) or not torch.isfinite(value).all():
-                self.link.fail(k, f"bad {channel.value} contribution of shape {tuple(value.shape)}")
-                continue
-            self.cohort.record(req, k, replies[k], channel, norms)
-            values[k] = clip_l2(value, self.clip(channel)) if self.clip is not None else value
-        self.cohort.track_norms(channel, norms)
-        self.cohort.complete_terms(req)
-        if not values:
-            raise FlowerRunError(
-                f"round {self.cohort.round_index}, {channel.value} step {step}: no client "
-                f"answered ({self.link.failures()})"
-            )
-        total = torch.zeros(shape, dtype=torch.float32)
-        for k in sorted(values):
-            total += values[k].to(torch.float32)
-        first = next(iter(contributions.values()))
-        sent = {k: self.link.ledger.up[k] - before.get(k, 0) for k in values}
-        return AggregateResult(
-            total=total.to(first.device), contributors=tuple(sorted(values)), bytes_up=sent
-        )
+# Secure sums over Flower
 
 
 class FlowerSecureAggregator(SecureAggregator):
@@ -439,11 +234,9 @@ class FlowerSecureAggregator(SecureAggregator):
         num_clients: int,
         settings: SecureAggregationSettings,
         link: FlowerLink,
-        cohort: DreamCohort,
     ) -> None:
         super().__init__(num_clients, settings)
         self.link = link
-        self.cohort = cohort
         self.server: protocols.Server | None = None
         self._out: set[int] = set()  # out of the session, as the in-process session counts them
         self._calls = 0  # rounding-stream calls so far this round
@@ -523,16 +316,29 @@ class FlowerSecureAggregator(SecureAggregator):
     def aggregate(
         self, contributions: Mapping[int, torch.Tensor], *, channel: Channel, step: int
     ) -> AggregateResult:
+        raise SecureDreamError(
+            "the contributions of a Flower run stay on their nodes: use remote_sum (FlowerCohort)"
+        )
+
+    def remote_sum(
+        self,
+        active: Sequence[int],
+        request: RequestBuilder,
+        on_reply: Callable[[int, RecordDict], None],
+        *,
+        channel: Channel,
+        step: int,
+        shape: torch.Size,
+    ) -> AggregateResult:
+        """One aggregation: DREAM requests to ``active`` (built by ``request(extra, proto)``),
+        masked inputs in the replies (each handed to ``on_reply``), then the unmask relay."""
         if self.server is None:
-            raise SecureDreamError("FlowerSecureAggregator.aggregate called outside a round")
-        shape = check_contributions(contributions)
-        first_device = next(iter(contributions.values())).device
-        req = self.cohort.take()
+            raise SecureDreamError("FlowerSecureAggregator.remote_sum called outside a round")
         first = not self._started
         if first:
             self._started = True
             self._setup()
-        active = self.active_clients(sorted(contributions))
+        active = self.active_clients(sorted(active))
         drops = self._stage_drops(self._drops(step, active), first)
         counters = {k: self._calls + i for i, k in enumerate(active)}
         self._calls += len(active)
@@ -542,14 +348,11 @@ class FlowerSecureAggregator(SecureAggregator):
             withhold = k not in in_session or drops.get(k) == "masked_input"
             extra = {"secure": True, "counter": counters[k], "withhold": withhold}
             proto = self._pending_in.pop(k, []) if not withhold else []
-            requests[k] = (m.DREAM, self.cohort.content(req, step, extra, proto))
+            requests[k] = (m.DREAM, request(extra, proto))
         replies = self.link.exchange(requests, down="dreams", up=channel.value)
         start = time.perf_counter()
-        norms = []
         for k in sorted(replies):
-            self.cohort.record(req, k, replies[k], channel, norms)
-        self.cohort.track_norms(channel, norms)
-        self.cohort.complete_terms(req)
+            on_reply(k, replies[k])
         self._receive_all({k: r for k, r in replies.items() if drops.get(k) != "masked_input"})
         out = self._close_stage()
         self.seconds += time.perf_counter() - start
@@ -568,7 +371,7 @@ class FlowerSecureAggregator(SecureAggregator):
         self._out |= set(self.server.out)
         integer_sum = decode_integer_sum(result.total, self.config.bits)
         total, survivors = self._decode(integer_sum, result.survivors, channel, step, shape)
-        return AggregateResult(total=total.to(first_device), contributors=survivors)
+        return AggregateResult(total=total, contributors=survivors)
 
     @staticmethod
     def _stage_drops(drops: Mapping[int, str], first: bool) -> dict[int, str]:
