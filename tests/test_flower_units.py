@@ -218,6 +218,19 @@ def test_bytes_are_counted_from_message_payloads(tmp_path) -> None:
     assert record["bytes_by_channel"]["up/dream_gradient"] > 2 * cfg.dreams.global_steps * dreams
 
 
+def test_next_round_training_rides_on_the_distill_message(tmp_path) -> None:
+    """Round r+1's local training rides on round r's DISTILL: one round trip less per round,
+    none for the last round (nothing follows it); the run still equals in-process (above)."""
+    cfg = tiny("rounds=3")
+    run_loopback(cfg, tmp_path)
+    records = RunFolder(tmp_path).read_metrics()
+    dreams = cfg.dreams.global_steps + cfg.dreams.snapshots  # one DREAM exchange each (plain)
+    assert [r["flower"]["round_trips"] for r in records] == [dreams + 2, dreams + 1, dreams + 1]
+    assert [r["flower"]["messages"] for r in records] == [
+        cfg.clients.count * t for t in (dreams + 2, dreams + 1, dreams + 1)
+    ]
+
+
 @pytest.mark.parametrize("answers", [4, 5, 6], ids=["at-input", "at-unmask", "next-step"])
 def test_client_dying_mid_round_is_a_dropout(tmp_path, answers) -> None:
     cfg = tiny(

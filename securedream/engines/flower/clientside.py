@@ -8,9 +8,10 @@ bit-for-bit like the in-process client k when torch runs with the same thread co
 Where the state lives between messages (``Context.state``, a RecordDict kept by the node's SuperNode
 or by the simulation runtime, never sent to the server):
 
-``sd.meta``    ConfigRecord: version counter, partition, model name, data shape, the node's own
-               security parameters (derived from *its* copy of the config: the server cannot lower
-               the encoding, the clipping or the noise a client applies), buffer ids
+``sd.meta``    ConfigRecord: version counter, partition, model name, data shape, buffer ids, the
+               last round it trained for (the node's security parameters are planned from *its*
+               copy of the config, :func:`node_stack`: the server cannot lower the encoding, the
+               clipping or the noise a client applies)
 ``sd.model``   ArrayRecord: the model's state_dict (after training and after distillation)
 ``sd.optim``   ArrayRecord: the SGD momentum buffers
 ``sd.buffer``  ArrayRecord: the distillation buffer (dreams and soft labels)
@@ -26,7 +27,6 @@ long-lived ClientApp worker per node, engines/flower/supernode.py) rebuilds anyt
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
@@ -54,7 +54,7 @@ from securedream.privacy.clipping import clip_l2
 from securedream.randomness import NoiseSource
 from securedream.rounds.client import CoDreamClient, DistillSettings, LocalTrainingConfig
 from securedream.seeding import derive_seed, torch_generator
-from securedream.stack import plan_stack
+from securedream.stack import StackPlan, plan_stack
 
 log = logging.getLogger("securedream.flower.client")
 
@@ -113,65 +113,14 @@ def distill_settings(cfg: RunConfig) -> DistillSettings:
 # What a client applies to its contribution before it leaves the node (secure aggregation, DP)
 
 
-@dataclasses.dataclass(frozen=True)
-class Security:
-    """The node's own copy of the encoding, clipping and noise parameters (from its config)."""
-
-    secure: bool
-    secagg: dict[str, Any] | None  # SecAggConfig init fields
-    ranges: dict[str, float]  # public value range per channel ("dream", "logits")
-    scale: float
-    placement: str  # "off", "central", "distributed"
-    clip_gradient: float
-    clip_logits: float
-    noise_multiplier: float
-    noise_shares: int  # distributed: shares that together reach z·Δ (privacy engine's choice)
-
-    @classmethod
-    def from_config(cls, cfg: RunConfig, dim: int, num_classes: int) -> Security:
-        plan = plan_stack(cfg, dim=dim, num_classes=num_classes)
-        dp, secure = plan.dp, plan.secure
-        secagg = None
-        ranges: dict[str, float] = {}
-        scale = 0.0
-        if secure is not None:
-            config = protocol_config(plan.clients, secure)
-            secagg = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
-            ranges = {
-                "dream": channel_range(secure, Channel.DREAM_GRADIENT),
-                "logits": channel_range(secure, Channel.LOGITS),
-            }
-            scale = float(config.encoding.scale)
-        return cls(
-            secure=secagg is not None,
-            secagg=secagg,
-            ranges=ranges,
-            scale=scale,
-            placement=dp.placement if dp is not None else "off",
-            clip_gradient=dp.clip_gradient if dp is not None else 0.0,
-            clip_logits=dp.clip_logits if dp is not None else 0.0,
-            noise_multiplier=dp.noise_multiplier if dp is not None else 0.0,
-            noise_shares=dp.calibration_shares if dp is not None else 0,
-        )
-
-    def to_bytes(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Security:
-        return cls(**json.loads(data.decode()))
-
-    def protocol_config(self) -> protocols.SecAggConfig:
-        if self.secagg is None:
-            raise SecureDreamError("secure aggregation is off in this node's config")
-        return protocols.SecAggConfig(**self.secagg)
-
-    def clip_for(self, channel: Channel) -> float:
-        return self.clip_logits if channel is Channel.LOGITS else self.clip_gradient
-
-    def skellam_mu(self, dim: int) -> float:
-        """Per-client Skellam parameter of a ``dim``-long share (securedream.contribution)."""
-        return skellam_share_mu(self.noise_multiplier, self.scale, dim, self.noise_shares)
+@functools.lru_cache(maxsize=4)
+def node_stack(
+    text: str, dim: int, num_classes: int
+) -> tuple[StackPlan, protocols.SecAggConfig | None]:
+    """The node's own copy of the stack's parameters (encoding, clipping, noise), planned from
+    *its* config: the server cannot lower what a client applies to its contribution."""
+    plan = plan_stack(parse_config(text), dim=dim, num_classes=num_classes)
+    return plan, protocol_config(plan.clients, plan.secure) if plan.secure is not None else None
 
 
 def channel_of(kind: str) -> Channel:
@@ -270,6 +219,8 @@ class NodeRuntime:
         self.pending: dict[str, torch.Tensor] = {}
         self.secagg: protocols.Client | None = None
         self.secagg_round = -1
+        self.trained_round = -1  # the last round this node trained for, and its loss
+        self.trained_loss = 0.0
         self.dirty: set[str] = set()
 
     # --- parts, built on demand ---------------------------------------------------------------
@@ -277,22 +228,28 @@ class NodeRuntime:
     def meta(self) -> dict[str, Any]:
         if self._meta is None:
             data = self._data()
-            shape = (self.cfg.dreams.batch_size, data.channels, data.image_size, data.image_size)
-            security = Security.from_config(self.cfg, int(np.prod(shape)), data.num_classes)
             self._meta = {
                 "channels": data.channels,
                 "image_size": data.image_size,
                 "num_classes": data.num_classes,
                 "mean": [float(v) for v in data.mean],
                 "std": [float(v) for v in data.std],
-                "security": security,
             }
             self.dirty.add("meta")
         return self._meta
 
     @property
-    def security(self) -> Security:
-        return self.meta["security"]
+    def stack(self) -> tuple[StackPlan, protocols.SecAggConfig | None]:
+        meta = self.meta
+        dim = self.cfg.dreams.batch_size * meta["channels"] * meta["image_size"] ** 2
+        return node_stack(self.config_text, dim, meta["num_classes"])
+
+    @property
+    def protocol_config(self) -> protocols.SecAggConfig:
+        config = self.stack[1]
+        if config is None:
+            raise SecureDreamError("secure aggregation is off in this node's config")
+        return config
 
     def _data(self) -> DatasetBundle:
         if self.data is None:
@@ -371,15 +328,15 @@ class NodeRuntime:
             return  # another run or another partition on this node: start afresh
         self.version = int(meta["version"])
         if "data" in meta:
-            info = json.loads(bytes(meta["data"]).decode())  # type: ignore[arg-type]
-            info["security"] = Security.from_bytes(bytes(meta["security"]))  # type: ignore[arg-type]
-            self._meta = info
+            self._meta = json.loads(bytes(meta["data"]).decode())  # type: ignore[arg-type]
         if "sd.model" in state:
             self._saved_model = state["sd.model"].to_torch_state_dict()  # type: ignore[union-attr]
         if "sd.optim" in state:
             optim = state["sd.optim"]
             self._saved_optim = {k: m.read_tensor(optim, k) for k in optim}  # type: ignore[arg-type]
         self.buffer_ids = _ids(str(meta["buffer"]))
+        self.trained_round = int(meta.get("trained", -1))  # type: ignore[arg-type]
+        self.trained_loss = float(meta.get("trained_loss", 0.0))  # type: ignore[arg-type]
         if "sd.buffer" in state:
             rec = state["sd.buffer"]
             self.buffer = {
@@ -393,7 +350,7 @@ class NodeRuntime:
             rec = state["sd.secagg"]
             self.secagg_round = int(rec["round"])
             self.secagg = protocols.Client.from_bytes(
-                self.security.protocol_config(),
+                self.protocol_config,
                 bytes(rec["client"]),  # type: ignore[arg-type]
             )
 
@@ -407,11 +364,11 @@ class NodeRuntime:
             "model": self.model_name,
             "config": config_digest(self.config_text),
             "buffer": ",".join(self.buffer_ids),
+            "trained": self.trained_round,
+            "trained_loss": self.trained_loss,
         }
         if self._meta is not None:
-            info = {k: v for k, v in self._meta.items() if k != "security"}
-            record["data"] = json.dumps(info, sort_keys=True).encode()
-            record["security"] = self._meta["security"].to_bytes()
+            record["data"] = json.dumps(self._meta, sort_keys=True).encode()
         state["sd.meta"] = ConfigRecord(record)
         if "model" in self.dirty:
             state["sd.model"] = ArrayRecord(self.model.state_dict())
@@ -458,6 +415,7 @@ class NodeRuntime:
             "optim": optim,
             "buffer_ids": list(self.buffer_ids),
             "buffer": {i: list(self.buffer[i]) for i in self.buffer_ids},
+            "trained": [self.trained_round, self.trained_loss],
         }
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_file.with_suffix(".tmp")
@@ -475,6 +433,7 @@ class NodeRuntime:
         self._saved_optim = dict(data["optim"])
         self.buffer_ids = list(data["buffer_ids"])
         self.buffer = {i: (x, s) for i, (x, s) in data["buffer"].items()}
+        self.trained_round, self.trained_loss = data.get("trained", (-1, 0.0))
         self.dirty |= {"model", "buffer"}  # copy it into the new Context.state at the next save
         return True
 
@@ -525,12 +484,19 @@ class NodeRuntime:
 
     def train(self, rd: RecordDict) -> RecordDict:
         cfg = m.config_of(rd)
-        round_index, epochs = int(cfg["round"]), int(cfg["epochs"])
+        return m.content(self._metrics(loss=self._train(int(cfg["round"]), int(cfg["epochs"]))))
+
+    def _train(self, round_index: int, epochs: int) -> float:
+        """Local training for ``round_index``, once: a node that trained for it already (in the
+        last round's DISTILL, then restarted from its state) answers with that loss."""
+        if self.trained_round == round_index:
+            return self.trained_loss
         loss = self.trainer.train_local(
             epochs, torch_generator(self.cfg.seed, "train", self.k, round_index)
         )
+        self.trained_round, self.trained_loss = round_index, float(loss)
         self.dirty.add("model")
-        return m.content(self._metrics(loss=loss))
+        return loss
 
     def _deliver_protocol(self, incoming: list[bytes]) -> list[bytes]:
         """Feed server protocol messages to this node's protocols.Client; returns its replies."""
@@ -586,18 +552,19 @@ class NodeRuntime:
     def _mask(
         self, value: torch.Tensor, channel: Channel, round_index: int, counter: int
     ) -> list[bytes]:
-        sec = self.security
-        assert self.secagg is not None
-        if sec.placement != "off":
-            value = clip_l2(value, sec.clip_for(channel))
-        key = "logits" if channel is Channel.LOGITS else "dream"
+        plan, config = self.stack
+        assert self.secagg is not None and plan.secure is not None and config is not None
+        dp = plan.dp
+        if dp is not None:
+            value = clip_l2(value, dp.clip_for(channel))
         # the server tells each client how many contributions of the round's rounding stream
         # precede its own, so a node draws the rounding bits the in-process aggregator draws
         rounding = rounding_stream(
             self.cfg.seed, round_index, counter, from_os=self.cfg.secure_aggregation.secure_rounding
         )
-        encoded = fixed_point_encode(value, sec.ranges[key], sec.scale, rounding)
-        if sec.placement == "distributed":
+        scale = config.encoding.scale
+        encoded = fixed_point_encode(value, channel_range(plan.secure, channel), scale, rounding)
+        if dp is not None and dp.placement == "distributed":
             noise = (
                 NoiseSource.from_seed(
                     self.cfg.seed, "dp", round_index, "client", self.k, self.secagg.step
@@ -605,7 +572,8 @@ class NodeRuntime:
                 if self.cfg.privacy.reproducible_noise
                 else NoiseSource.from_os()
             )
-            encoded += noise.skellam(len(encoded), sec.skellam_mu(len(encoded)))
+            mu = skellam_share_mu(dp.noise_multiplier, scale, len(encoded), dp.calibration_shares)
+            encoded += noise.skellam(len(encoded), mu)
         self.dirty.add("secagg")
         try:
             return [self.secagg.submit_input(encoded)]
@@ -618,7 +586,7 @@ class NodeRuntime:
         self.dirty.add("secagg")
         if op == "setup":
             self.secagg = protocols.Client(
-                self.security.protocol_config(),
+                self.protocol_config,
                 self.k,
                 bytes(cfg["session"]),  # type: ignore[arg-type]
             )
@@ -675,7 +643,12 @@ class NodeRuntime:
         metrics = {"loss": loss}
         if bool(cfg.get("evaluate", False)):
             metrics["accuracy"] = self._evaluate(round_index)
-        return m.content({**self._metrics(**metrics), "buffer": ",".join(self.buffer_ids)})
+        reply: dict[str, Any] = {"buffer": ",".join(self.buffer_ids)}
+        if "train_round" in cfg:  # the next round's training rides on this message
+            train_round = int(cfg["train_round"])
+            metrics["train_loss"] = self._train(train_round, int(cfg["train_epochs"]))
+            reply["trained"] = train_round
+        return m.content({**self._metrics(**metrics), **reply})
 
     def _evaluate(self, round_index: int) -> float:
         """Accuracy on the public test split: replied only where per-client metrics are disclosed.

@@ -10,7 +10,10 @@ in-process) becomes one Flower message per present node:
   (set-up and unmask relays as SECAGG messages) before the stack finishes the release (survivor
   floor, central noise, ledger);
 * DISTILL: the soft labels (and dreams a node did not see) of the new buffer entries, distillation
-  when due, and the test evaluation: one message for the whole end of the round.
+  when due, the test evaluation and, unless this is the last round or the privacy budget stops the
+  run before the next one, the next round's local training: one round trip for the end of a round
+  and the start of the next (a node trains right after it evaluated, as in-process). A node that
+  (re)joins at the next round's HELLO gets its own TRAIN message; it does not train twice.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from securedream.config import RunConfig
 from securedream.diagnostics import Disclosure
 from securedream.engines.flower import messages as m
 from securedream.engines.flower.transport import FlowerLink, FlowerRunError, FlowerSecureAggregator
+from securedream.privacy.engine import PrivacyBudgetExhausted
 from securedream.rounds.cohort import DreamRequest, DreamSum, mean_terms
 from securedream.stack import StackPlan, build_aggregation
 
@@ -56,7 +60,10 @@ class FlowerCohort:
         self.snapshot_ids: list[str] = []
         self.snapshot_receivers: dict[str, set[int]] = {}
         self._replies: dict[int, RecordDict] = {}
+        self._trained: dict[int, float | None] = {}  # next round's training done in DISTILL
+        self._trained_round = -1
         self._messages_before = 0
+        self._round_trips_before = 0
 
     def _secure_sum(self, clients: int, settings: SecureAggregationSettings) -> Any:
         self.secure = FlowerSecureAggregator(clients, settings, self.link)
@@ -73,22 +80,41 @@ class FlowerCohort:
         self.round_index = round_index
         self.link.begin_round(round_index)
         self._messages_before = self.link.stats.messages
+        self._round_trips_before = self.link.stats.round_trips
         self.link.discover(self.digest, probe=self.last_failed)  # new nodes, returning clients
         for k in self.link.take_joined():  # a (re)started node reports the buffer it still holds
             self.client_buffers[k] = {i for i in str(self.link.info[k]["buffer"]).split(",") if i}
+            self._trained.pop(k, None)  # and gets a TRAIN message of its own
         self.snapshot_ids = []
         self.snapshot_receivers = {}
 
-    def train(self, round_index: int) -> dict[str, Any]:
+    def _epochs(self, round_index: int) -> int:
         c = self.cfg.clients
-        epochs = c.local_epochs + (c.warmup_epochs if round_index == 0 else 0)
-        train = m.content({"round": round_index, "epochs": epochs})
-        replies = self.link.exchange(
-            {k: (m.TRAIN, train) for k in self.link.present()}, down="control", up="control"
-        )
+        return c.local_epochs + (c.warmup_epochs if round_index == 0 else 0)
+
+    def train(self, round_index: int) -> dict[str, Any]:
+        """TRAIN to the present nodes that did not train for this round in the last DISTILL."""
+        done = self._trained if self._trained_round == round_index else {}
+        self._trained = {}
+        train = m.content({"round": round_index, "epochs": self._epochs(round_index)})
+        requests = {k: (m.TRAIN, train) for k in self.link.present() if k not in done}
+        replies = self.link.exchange(requests, down="control", up="control") if requests else {}
         if not self.disclosure.per_client_metrics:
             return {}
-        return {"train_loss": self._per_client(replies, "loss")}
+        losses = self._per_client(replies, "loss")
+        return {"train_loss": [done.get(k, loss) for k, loss in enumerate(losses)]}
+
+    def _next_round_trains(self, round_index: int) -> bool:
+        """Whether the next round's training may ride on this round's DISTILL: there is a next
+        round and the privacy budget lets it start (the same check the next round makes)."""
+        if round_index + 1 >= self.cfg.rounds:
+            return False
+        if self.privacy is not None:
+            try:
+                self.privacy.check_budget(round_index + 1)
+            except PrivacyBudgetExhausted:
+                return False
+        return True
 
     def members(self) -> list[int]:
         self.present = self.link.present()
@@ -187,6 +213,7 @@ class FlowerCohort:
         (one message: the round's evaluation rides on it)."""
         self.buffer_ids.extend(self.snapshot_ids)
         ids = list(self.buffer_ids)
+        then_train = self._next_round_trains(round_index)
         requests = {}
         for k in self.link.present():
             have = self.client_buffers.get(k, set())
@@ -198,10 +225,16 @@ class FlowerCohort:
                 if k not in self.snapshot_receivers.get(i, set()):
                     tensors[f"x.{i}"] = dreams
             cfg = {"round": round_index, "buffer": ",".join(ids), "distill": due, "evaluate": True}
+            if then_train:
+                cfg.update(train_round=round_index + 1, train_epochs=self._epochs(round_index + 1))
             requests[k] = (m.DISTILL, m.content(cfg, tensors=tensors))
         self._replies = self.link.exchange(requests, down="soft_labels", up="control")
         for k, reply in self._replies.items():
             self.client_buffers[k] = {i for i in str(reply["cfg"]["buffer"]).split(",") if i}
+            if then_train and int(reply["cfg"].get("trained", -1)) == round_index + 1:
+                loss = reply["cfg"].get("train_loss")
+                self._trained[k] = float(loss) if loss is not None else None  # type: ignore[arg-type]
+        self._trained_round = round_index + 1
         return self._per_client(self._replies, "loss") if due else None
 
     def evaluate(self, round_index: int) -> list[float | None]:
@@ -224,5 +257,6 @@ class FlowerCohort:
                 "clients": self.present,
                 "dropped": {str(k): reason for k, reason in sorted(link.failed.items())},
                 "messages": link.stats.messages - self._messages_before,
+                "round_trips": link.stats.round_trips - self._round_trips_before,
             }
         }

@@ -57,6 +57,7 @@ class FlowerRunError(SecureDreamError):
 @dataclass
 class ExchangeStats:
     messages: int = 0
+    round_trips: int = 0  # exchanges: one push of requests and the pull of their replies
     seconds: float = 0.0
 
 
@@ -117,6 +118,7 @@ class FlowerLink:
         for key in waiting.values():
             outcome[key] = f"no reply within {timeout:g} s"
         self.stats.messages += len(requests)
+        self.stats.round_trips += 1
         self.stats.seconds += time.perf_counter() - start
         return outcome
 
