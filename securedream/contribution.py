@@ -1,12 +1,14 @@
 """The client-side contribution pipeline: clip → fixed-point encode → integer noise share → mask.
 
 Why one module: what a client does to its contribution before it leaves the client decides what
-the server can learn, so it must be the same code whichever engine carries it. The in-process
-secure aggregator (:class:`securedream.aggregation.secure.SecureAggregator`, which plays every
-client) and a Flower node (:mod:`securedream.engines.flower.clientside`) both call these functions;
-the mask itself is ``protocols.Client.submit_input`` and clipping is
-:func:`securedream.privacy.clipping.clip_l2`.
+the server can learn, so it must be the same code whichever engine carries it. A Flower node
+(:mod:`securedream.engines.flower.clientside`) runs :func:`encode_contribution` and then
+``protocols.Client.submit_input`` (the mask); the in-process engine, which plays every client, runs
+the same steps from the stack: :class:`~securedream.privacy.aggregator.DPAggregator` calls
+:func:`clip_l2`, :class:`~securedream.aggregation.secure.SecureAggregator` calls
+:func:`fixed_point_encode` and adds the share of :func:`skellam_share_mu`.
 
+* :func:`clip_l2` scales a whole contribution to L2 norm at most C (client-level DP);
 * :func:`fixed_point_encode` divides by the channel's public range, clips to [-1, 1], scales by s
   and rounds up with probability equal to the fractional part (unbiased; error < 1/s each),
   drawing one ``rounding.uniform`` call per contribution;
@@ -27,6 +29,40 @@ import numpy as np
 import torch
 
 from securedream.randomness import NoiseSource
+
+
+def clip_l2(contribution: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """Scale ``contribution`` down so its L2 norm over *all* entries is at most ``max_norm``.
+
+    Opacus-style: factor = min(1, C / (‖x‖ + 1e-6)), so the norm of the result never exceeds C.
+    """
+    if max_norm <= 0:
+        raise ValueError(f"clip norm must be > 0, got {max_norm}")
+    norm = torch.linalg.vector_norm(contribution.to(torch.float64))
+    factor = min(1.0, max_norm / (float(norm) + 1e-6))
+    return contribution * factor if factor < 1.0 else contribution.clone()
+
+
+def encode_contribution(
+    value: torch.Tensor,
+    *,
+    clip: float | None,
+    value_range: float,
+    scale: float,
+    rounding: NoiseSource,
+    noise: NoiseSource | None = None,
+    noise_multiplier: float = 0.0,
+    noise_shares: int = 0,
+) -> np.ndarray:
+    """What a client masks: its contribution clipped to ``clip`` (DP on), fixed-point encoded,
+    plus its Skellam noise share drawn from ``noise`` (distributed DP)."""
+    if clip is not None:
+        value = clip_l2(value, clip)
+    encoded = fixed_point_encode(value, value_range, scale, rounding)
+    if noise is not None:
+        mu = skellam_share_mu(noise_multiplier, scale, len(encoded), noise_shares)
+        encoded += noise.skellam(len(encoded), mu)
+    return encoded
 
 
 def fixed_point_encode(

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from securedream.contribution import (
+    clip_l2,
+    encode_contribution,
     fixed_point_encode,
     l2_sensitivity,
     rounding_stream,
@@ -59,3 +61,29 @@ def test_skellam_shares_add_up_to_the_calibrated_variance(z, scale, dim, t) -> N
     assert sensitivity == pytest.approx(scale + math.sqrt(dim))
     # a Skellam(μ) share has variance 2μ; t shares (the guaranteed minimum) give (z·Δ₂)²
     assert t * 2 * skellam_share_mu(z, scale, dim, t) == pytest.approx((z * sensitivity) ** 2)
+
+
+def test_encode_contribution_clips_encodes_then_adds_the_share() -> None:
+    """The node's whole pre-mask pipeline is the composition of the in-process steps."""
+    x = torch.randn(256) * 3.0
+    kwargs = {"value_range": 0.5, "scale": 2.0**12}
+    plain = encode_contribution(x, clip=None, rounding=rounding_stream(5, 1, 2), **kwargs)
+    assert np.array_equal(plain, fixed_point_encode(x, 0.5, 2.0**12, rounding_stream(5, 1, 2)))
+    clipped = encode_contribution(x, clip=0.5, rounding=rounding_stream(5, 1, 2), **kwargs)
+    expected = fixed_point_encode(clip_l2(x, 0.5), 0.5, 2.0**12, rounding_stream(5, 1, 2))
+    assert np.array_equal(clipped, expected)
+    assert float(torch.linalg.vector_norm(clip_l2(x, 0.5))) <= 0.5
+    from securedream.randomness import NoiseSource
+
+    noisy = encode_contribution(
+        x,
+        clip=0.5,
+        rounding=rounding_stream(5, 1, 2),
+        noise=NoiseSource.from_seed(9, "share"),
+        noise_multiplier=1.0,
+        noise_shares=3,
+        **kwargs,
+    )
+    mu = skellam_share_mu(1.0, 2.0**12, 256, 3)
+    share = NoiseSource.from_seed(9, "share").skellam(256, mu)
+    assert np.array_equal(noisy, expected + share)

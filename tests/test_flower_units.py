@@ -180,8 +180,17 @@ def test_tensor_records_round_trip_and_count_bytes() -> None:
             METRICS,
             "privacy.reproducible_noise=true",  # the same noise in both engines
         ),
+        (  # the stack's finish() on Flower's remote secure sum: survivor floor, noise, ledger
+            "secure_aggregation.enabled=true",
+            'privacy.placement="central"',
+            "privacy.noise_multiplier=0.5",
+            METRICS,
+            "privacy.reproducible_noise=true",
+            "clients.count=3",
+            'clients.models=["cnn-bn"]',
+        ),
     ],
-    ids=["plain", "secure", "secure-planned-dropouts", "central-dp"],
+    ids=["plain", "secure", "secure-planned-dropouts", "central-dp", "secure-central-dp"],
 )
 def test_loopback_run_equals_in_process(tmp_path, monkeypatch, extra) -> None:
     cfg = tiny(*extra)
@@ -216,6 +225,30 @@ def test_bytes_are_counted_from_message_payloads(tmp_path) -> None:
     assert all(b > steps * dreams for b in record["bytes_down"])
     assert record["bytes_by_channel"]["down/dreams"] > 2 * steps * dreams
     assert record["bytes_by_channel"]["up/dream_gradient"] > 2 * cfg.dreams.global_steps * dreams
+
+
+def test_distributed_dp_releases_are_recorded_as_in_process(tmp_path) -> None:
+    """Nodes add their Skellam shares; the server's stack records the same releases (ε, noise
+    std, survivors) from Flower's remote secure sums as in-process from its own."""
+    import json
+
+    cfg = tiny(
+        "secure_aggregation.enabled=true",
+        'privacy.placement="distributed"',
+        "privacy.noise_multiplier=1.0",
+        "clients.count=3",
+        'clients.models=["cnn-bn"]',
+    )
+    run_experiment(cfg, tmp_path / "inprocess", progress=False)
+    run_loopback(cfg, tmp_path / "flower")
+    want, got = (
+        json.loads((tmp_path / engine / "privacy.json").read_text())
+        for engine in ("inprocess", "flower")
+    )
+    assert got["epsilon_total"] == want["epsilon_total"] > 0
+    assert got["epsilon_by_adversary"] == want["epsilon_by_adversary"]
+    records = [RunFolder(tmp_path / e).read_metrics() for e in ("inprocess", "flower")]
+    assert [r["survivors"] for r in records[0]] == [r["survivors"] for r in records[1]]
 
 
 def test_next_round_training_rides_on_the_distill_message(tmp_path) -> None:

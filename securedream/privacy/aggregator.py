@@ -29,10 +29,9 @@ import torch
 
 from securedream.aggregation.base import AggregateResult, Aggregator, Channel
 from securedream.aggregation.secure import SecureAggregator
-from securedream.contribution import l2_sensitivity, skellam_share_mu
+from securedream.contribution import clip_l2, l2_sensitivity, skellam_share_mu
 from securedream.errors import SecureDreamError
 from securedream.privacy.accounting import PrivacyLedger, SkellamRelease
-from securedream.privacy.clipping import clip_l2
 from securedream.randomness import NoiseSource
 
 # Skellam tails beyond this many standard deviations are never reached in practice (< 1e-20 per

@@ -44,13 +44,12 @@ import protocols
 from securedream.aggregation import Channel
 from securedream.aggregation.secure import channel_range, protocol_config
 from securedream.config import RunConfig, config_from_dict
-from securedream.contribution import fixed_point_encode, rounding_stream, skellam_share_mu
+from securedream.contribution import encode_contribution, rounding_stream
 from securedream.data import DatasetBundle, load_dataset, split_for_config
 from securedream.diagnostics import Disclosure
 from securedream.engines.flower import messages as m
 from securedream.errors import ConfigError, SecureDreamError
 from securedream.models import build_model
-from securedream.privacy.clipping import clip_l2
 from securedream.randomness import NoiseSource
 from securedream.rounds.client import CoDreamClient, DistillSettings, LocalTrainingConfig
 from securedream.seeding import derive_seed, torch_generator
@@ -555,15 +554,12 @@ class NodeRuntime:
         plan, config = self.stack
         assert self.secagg is not None and plan.secure is not None and config is not None
         dp = plan.dp
-        if dp is not None:
-            value = clip_l2(value, dp.clip_for(channel))
         # the server tells each client how many contributions of the round's rounding stream
         # precede its own, so a node draws the rounding bits the in-process aggregator draws
         rounding = rounding_stream(
             self.cfg.seed, round_index, counter, from_os=self.cfg.secure_aggregation.secure_rounding
         )
-        scale = config.encoding.scale
-        encoded = fixed_point_encode(value, channel_range(plan.secure, channel), scale, rounding)
+        noise = None
         if dp is not None and dp.placement == "distributed":
             noise = (
                 NoiseSource.from_seed(
@@ -572,8 +568,16 @@ class NodeRuntime:
                 if self.cfg.privacy.reproducible_noise
                 else NoiseSource.from_os()
             )
-            mu = skellam_share_mu(dp.noise_multiplier, scale, len(encoded), dp.calibration_shares)
-            encoded += noise.skellam(len(encoded), mu)
+        encoded = encode_contribution(
+            value,
+            clip=dp.clip_for(channel) if dp is not None else None,
+            value_range=channel_range(plan.secure, channel),
+            scale=config.encoding.scale,
+            rounding=rounding,
+            noise=noise,
+            noise_multiplier=dp.noise_multiplier if dp is not None else 0.0,
+            noise_shares=dp.calibration_shares if dp is not None else 0,
+        )
         self.dirty.add("secagg")
         try:
             return [self.secagg.submit_input(encoded)]
