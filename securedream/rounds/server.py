@@ -72,15 +72,26 @@ def _active(clients: Sequence[DreamingClient], aggregator: Aggregator) -> list[D
 
 
 def _track_norms(outcome: DreamingOutcome, channel: str, values: Iterable[torch.Tensor]) -> None:
-    """Running mean over the round of the mean client contribution norm on ``channel``."""
-    norms = [float(torch.linalg.vector_norm(v)) for v in values]
+    """Running mean over the round of the mean client contribution norm on ``channel``.
+
+    Kept as a device tensor during the round (no host synchronisation per step) and read once by
+    :func:`_finish_norms`.
+    """
+    norms = [torch.linalg.vector_norm(v.detach()).double() for v in values]
     if not norms:
         return
-    current = sum(norms) / len(norms)
+    current = norms[0]
+    for norm in norms[1:]:  # in order, in float64: the figures a float() per client gave
+        current = current + norm
+    current = current / len(norms)
     count = outcome.norm_counts.get(channel, 0)
     previous = outcome.contribution_norms.get(channel, 0.0)
-    outcome.contribution_norms[channel] = (previous * count + current) / (count + 1)
+    outcome.contribution_norms[channel] = (previous * count + current) / (count + 1)  # type: ignore[assignment]
     outcome.norm_counts[channel] = count + 1
+
+
+def _finish_norms(outcome: DreamingOutcome) -> None:
+    outcome.contribution_norms = {k: float(v) for k, v in outcome.contribution_norms.items()}
 
 
 def _mean_terms(per_client: Sequence[Mapping[str, float]]) -> dict[str, float]:
@@ -130,6 +141,7 @@ def collaborative_dreaming(
     take_snapshot = snapshot_steps(settings.steps, settings.snapshots)
     outcome = DreamingOutcome()
     channel = Channel.DREAM_GRADIENT if settings.local_steps == 1 else Channel.DREAM_DELTA
+    terms: list[Mapping[str, float]] = []
 
     for step in range(settings.steps):
         current = param.detach()
@@ -137,7 +149,7 @@ def collaborative_dreaming(
         active = _active(asked, aggregator)
         ledger.received([c.client_id for c in active], tensor_bytes(current), "dreams")
         responses: dict[int, torch.Tensor] = {}
-        terms: list[dict[str, float]] = []
+        terms = []
         for client in active:
             if settings.local_steps == 1:
                 value, client_terms = client.dream_gradient(current, settings.weights)
@@ -156,7 +168,6 @@ def collaborative_dreaming(
         ledger.sent(result.bytes_up, channel.value)
         ledger.received_each(result.bytes_down, channel.value)
         mean = result.total.to(current.device) / public_count
-        outcome.final_terms = _mean_terms(terms)
 
         optimizer.zero_grad(set_to_none=True)
         if settings.local_steps == 1:
@@ -190,6 +201,8 @@ def collaborative_dreaming(
             )
         if on_step is not None:
             on_step(step)
+    outcome.final_terms = _mean_terms(terms)  # the last step's; read once, after the loop
+    _finish_norms(outcome)
     return outcome
 
 

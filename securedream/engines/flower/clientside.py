@@ -44,6 +44,7 @@ import protocols
 from securedream.aggregation import Channel
 from securedream.aggregation.factory import build_aggregation
 from securedream.aggregation.secure import SecureAggregator
+from securedream.compute import ComputeSettings
 from securedream.config import RunConfig, config_from_dict
 from securedream.contribution import fixed_point_encode, rounding_stream, skellam_share_mu
 from securedream.data import DatasetBundle, load_dataset, split_for_config
@@ -228,8 +229,11 @@ class DreamView:
     dream_delta = CoDreamClient.dream_delta
     dream_logits = CoDreamClient.dream_logits
 
-    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
-        self.model = model
+    def __init__(
+        self, model: torch.nn.Module, device: torch.device, compute: ComputeSettings
+    ) -> None:
+        self.compute = compute
+        self.model = compute.model(model)
         self.device = device
         self.use_bn_term = True
         self.feature_targets = None  # feature statistics are refused on the flower engine
@@ -340,6 +344,7 @@ class NodeRuntime:
                 data.train_y[indices],
                 training,
                 self.device,
+                compute=ComputeSettings.from_config(cfg),
             )
             if self._saved_optim is not None:
                 _load_optim_state(trainer.optimizer, self._saved_optim)
@@ -563,7 +568,9 @@ class NodeRuntime:
             if replies:
                 raise SecureDreamError(f"client {self.k}: unexpected protocol replies")
         terms: dict[str, float] = {}
-        view = self._trainer or DreamView(self.model, self.device)
+        view = self._trainer or DreamView(
+            self.model, self.device, ComputeSettings.from_config(self.cfg)
+        )
         if kind == m.GRADIENT:
             value, terms = view.dream_gradient(dreams, m.weights_from_config(cfg))
         elif kind == m.DELTA:
