@@ -33,6 +33,7 @@ from securedream.dreams.losses import (
     mean_entropy,
     total_variation,
 )
+from securedream.dreams.terms import LossTerms
 from securedream.rounds.client import DistillSettings, LocalTrainingConfig, kd_loss
 
 Tensors = dict[str, torch.Tensor]
@@ -48,8 +49,9 @@ class DreamTerms:
 
     values: Tensors
 
-    def mean(self) -> dict[str, float]:
-        return {k: float(v.mean()) for k, v in self.values.items()}
+    def mean(self) -> LossTerms:
+        """Cohort means, left on the device until read (no host sync inside a dream step)."""
+        return LossTerms({k: v.mean() for k, v in self.values.items()})
 
 
 class StackedGroup:
