@@ -175,7 +175,7 @@ class SecureAggregator(Aggregator):
             self.session = self._new_session()
         if self.settings.pipeline and self.session.started and self._dream_dim is not None:
             # that session's first masks are expanded: draw the first contributions' rounding
-            self._start(self._dream_dim, len(self.session.active_clients), masks=False)
+            self._start(self._dream_dim, self.num_clients, masks=False)
 
     def end_round(self) -> None:
         self._wait()
@@ -229,7 +229,9 @@ class SecureAggregator(Aggregator):
         """Start the next aggregation's rounding bits (and masks) in the worker thread."""
         positions = range(self._position, self._position + contributors)
         self._draws = {pos: Future() for pos in positions}
-        session = self.session if masks else None
+        # only a protocol session has masks to prepare (a subclass may sum without masking)
+        real = isinstance(self.session, protocols.InProcessSession)
+        session = self.session if masks and real else None
         self._task = self._executor().submit(
             self._ahead, session, self.round_index, dict(self._draws), dim
         )
@@ -328,7 +330,8 @@ class SecureAggregator(Aggregator):
             if channel is not Channel.LOGITS:
                 self._dream_dim = int(first.numel())
                 if self.settings.pipeline:
-                    self._start(self._dream_dim, len(self.session.active_clients))
+                    remaining = self.active_clients(range(self.num_clients))
+                    self._start(self._dream_dim, len(remaining))
         except protocols.TooFewSurvivors as exc:
             raise SecureAggregationAborted(
                 f"round {self.round_index}, {channel.value} step {step}: fewer than "
