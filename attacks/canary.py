@@ -180,6 +180,7 @@ def build_stack(
             planned=(),
             secure_rounding=False,
             seed=seed,
+            pipeline=not mask_free,  # nothing to prepare ahead without masks
         )
         kind = MaskFreeSecureAggregator if mask_free else SecureAggregator
         return kind(clients, settings)

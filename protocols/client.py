@@ -11,6 +11,14 @@ Rules the client enforces (they are what makes it *honest*):
 * it never reveals, for one aggregation and one peer, both the self-mask share and the mask-key
   share, and it refuses to treat a peer that was declared dropped as a survivor later;
 * fewer than t holders where t are needed makes it abort (:class:`TooFewSurvivors`).
+
+Masks do not depend on the data: once a client holds an aggregation's pairwise material (after the
+share stage for the first one, after the previous unmask for the others) it can expand the whole
+mask -- self mask plus every pairwise mask -- and draw the next aggregation's key bundle before its
+input exists. :meth:`Client.prepare_input` does that work (a transport may run it in a worker
+thread, overlapped with the computation of the input); :meth:`Client.submit_input` then only
+encodes and adds. The prepared mask is bound to (step, length, bits), used at most once and
+forgotten with every other secret.
 """
 
 from __future__ import annotations
@@ -83,6 +91,19 @@ class _StepSecrets:
 
 
 @dataclass(frozen=True)
+class _Prepared:
+    """Work done ahead of :meth:`Client.submit_input` for one aggregation (see prepare_input)."""
+
+    step: int
+    dim: int
+    mask: np.ndarray | None  # self mask + signed pairwise masks in Z_{2^b}, length dim
+    peers: frozenset[int]  # the pairwise material the mask was built from
+    bundle: KeyBundle | None  # the next aggregation's key bundle, and its secrets
+    next_secrets: _StepSecrets | None
+    recipients: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class _PeerMaterial:
     """What a neighbour sent this client for one aggregation (decrypted)."""
 
@@ -140,6 +161,7 @@ class Client:
         self._peers: dict[int, dict[int, _PeerMaterial]] = {}
         self._revealed: dict[tuple[int, int], str] = {}
         self._signed: dict[int, tuple[int, ...]] = {}
+        self._prepared: _Prepared | None = None
 
     # ------------------------------------------------------------------ introspection
 
@@ -206,6 +228,7 @@ class Client:
     def _wipe(self) -> None:
         self._secrets.clear()
         self._peers.clear()
+        self._prepared = None
 
     def close(self) -> None:
         """Leave the session and forget every secret."""
@@ -426,6 +449,72 @@ class Client:
         self._state = target
         return []
 
+    def _add_mask(self, y: np.ndarray, step: int) -> None:
+        """Add this client's mask for ``step`` into ``y`` (uint vector of the session's bits)."""
+        dim, bits, chunk = y.shape[0], self.config.bits, self.config.chunk_bytes
+        seed = self._secrets[step].seed
+        expand_into(y, keys.self_mask_key(seed, self.session, step, self.id, dim, bits), 1, chunk)
+        for v, pm in self._peers[step].items():
+            key = keys.pair_mask_key(pm.shared, self.session, step, self.id, v, dim, bits)
+            expand_into(y, key, 1 if self.id < v else -1, chunk)
+
+    def mask_vector(self, dim: int) -> np.ndarray:
+        """The mask this client adds to a length-``dim`` input of the current aggregation.
+
+        Computed on demand (never cached): the reference :meth:`prepare_input` is tested against.
+        Like every secret it must not leave the client.
+        """
+        self._check_prepare(dim)
+        mask = np.zeros(dim, dtype=uint_dtype(self.config.bits))
+        self._add_mask(mask, self._step)
+        return mask
+
+    def _check_prepare(self, dim: int) -> None:
+        if self._target(MessageType.MASKED_INPUT) is None:
+            raise LocalProtocolError(f"cannot prepare an input in state {self._state.value}")
+        if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= self.config.max_dim:
+            raise EncodingError(f"input length must be in [1, {self.config.max_dim}], got {dim!r}")
+        if self.config.dim is not None and dim != self.config.dim:
+            raise EncodingError(f"input length must be dim={self.config.dim}, got {dim}")
+        if self._step not in self._peers:
+            raise LocalProtocolError(f"no pairwise material for step {self._step} yet")
+
+    def prepare_input(self, dim: int) -> None:
+        """Do the data-independent work of the next :meth:`submit_input` ahead of time.
+
+        Expands the current aggregation's mask for a length-``dim`` input (self mask and every
+        pairwise mask) and draws the next aggregation's key bundle (fresh X25519 key and self-mask
+        seed, Shamir shares, sealed for each neighbour). ``submit_input`` uses them when the step,
+        the length and the pairwise material still match, and computes on demand otherwise, so the
+        wire bytes are the ones an unprepared client would send. Preparing again replaces the
+        earlier work; nothing prepared outlives the step it was made for.
+
+        Thread use: a transport may call this in a worker thread while it computes the input, as
+        long as it does not drive this client concurrently (no ``receive``/``submit_input`` until
+        the call returns). It changes no protocol state: a failure here (too few holders) is left
+        for ``submit_input`` to raise.
+        """
+        self._check_prepare(dim)
+        step = self._step
+        peers = self._peers[step]
+        mask: np.ndarray | None = None
+        if len(peers) + 1 >= self.config.t:
+            mask = np.zeros(dim, dtype=uint_dtype(self.config.bits))
+            self._add_mask(mask, step)
+        recipients = tuple(sorted(self._neighbours - self._declared_dropped.keys()))
+        bundle, next_secrets = None, None
+        if len(recipients) + 1 >= self.config.t:
+            bundle, next_secrets = self._make_bundle(step + 1, list(recipients), self._channel_keys)
+        self._prepared = _Prepared(
+            step, dim, mask, frozenset(peers), bundle, next_secrets, recipients
+        )
+
+    @property
+    def prepared(self) -> tuple[int, int] | None:
+        """(step, length) of the work :meth:`prepare_input` holds for the next submission."""
+        p = self._prepared
+        return None if p is None or p.step != self._step else (p.step, p.dim)
+
     def submit_input(self, vector: object, weight: float = 1.0) -> bytes:
         """Round 2: mask this client's contribution for the current aggregation.
 
@@ -450,7 +539,7 @@ class Client:
         if self.config.dim is not None and dim != self.config.dim:
             raise EncodingError(f"input length must be dim={self.config.dim}, got {dim}")
         step, bits = self._step, self.config.bits
-        secrets, peers = self._secrets[step], self._peers[step]
+        peers = self._peers[step]
         if len(peers) + 1 < self.config.t:
             raise self._abort(
                 f"step {step}: shares from {len(peers)} neighbours, threshold is {self.config.t}"
@@ -458,15 +547,25 @@ class Client:
         y = np.ascontiguousarray(y, dtype=uint_dtype(bits))
         if not y.flags.writeable:
             y = y.copy()
-        chunk = self.config.chunk_bytes
-        expand_into(
-            y, keys.self_mask_key(secrets.seed, self.session, step, self.id, dim, bits), 1, chunk
-        )
-        for v, pm in peers.items():
-            key = keys.pair_mask_key(pm.shared, self.session, step, self.id, v, dim, bits)
-            expand_into(y, key, 1 if self.id < v else -1, chunk)
+        prepared, self._prepared = self._prepared, None  # a prepared mask is used at most once
+        if prepared is not None and prepared.step != step:
+            prepared = None
+        if prepared is not None and prepared.mask is not None and prepared.dim == dim:
+            if prepared.peers != frozenset(peers):
+                raise LocalProtocolError(f"step {step}: prepared mask built from other peers")
+            np.add(y, prepared.mask, out=y)
+        else:
+            self._add_mask(y, step)
         recipients = sorted(self._neighbours - self._declared_dropped.keys())
-        bundle, next_secrets = self._make_bundle(step + 1, recipients, self._channel_keys)
+        if (
+            prepared is not None
+            and prepared.bundle is not None
+            and prepared.next_secrets is not None
+            and prepared.recipients == tuple(recipients)
+        ):
+            bundle, next_secrets = prepared.bundle, prepared.next_secrets
+        else:
+            bundle, next_secrets = self._make_bundle(step + 1, recipients, self._channel_keys)
         vector_bytes = y.astype(y.dtype.newbyteorder("<"), copy=False).tobytes()
         out = wire.encode(MaskedInput(self.session, step, self.id, bits, vector_bytes, bundle))
         self._secrets[step + 1] = next_secrets

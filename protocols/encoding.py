@@ -195,7 +195,9 @@ def encode_integers(x: object, params: EncodingParams) -> np.ndarray:
                 f"integer input range [{lo}, {hi}] exceeds +-{bound} = (2^{params.bits - 1} - 1) "
                 f"// num_clients={params.num_clients}"
             )
-    return arr.astype(np.int64).astype(_int_dtype(params.bits)).view(uint_dtype(params.bits))
+    # one cast, always a copy (the caller's array is never masked in place); exact for values
+    # within the bound
+    return arr.astype(_int_dtype(params.bits)).view(uint_dtype(params.bits))
 
 
 def decode_integer_sum(total: np.ndarray, bits: int) -> np.ndarray:

@@ -13,6 +13,18 @@ Engine-facing API::
         result.sum, result.survivors, result.bytes_up[cid], result.bytes_down[cid]
     session.close()
 
+Off the critical path (both optional, both give the same sums and wire bytes)::
+
+    session = InProcessSession(config, client_ids)
+    session.setup()            # key agreement before any input exists
+    session.prepare(dim)       # every client's mask and next key bundle, expanded now
+    ...compute the inputs...
+    session.aggregate(inputs)  # only encodes, adds the prepared masks and unmasks
+
+The session itself starts no thread (protocols does no I/O and no threading); a caller that wants
+the work overlapped with its computation runs ``setup``/``prepare`` in a worker thread of its own
+(AES-CTR and numpy release the GIL) and calls nothing else on the session until it returns.
+
 Dropping at a stage means the client stops *before sending* its message of that stage, and stays
 out for the rest of the session. The stages ``advertise`` and ``share`` exist only in the first
 aggregation of a session (later aggregations get their keys pipelined); in later aggregations they
@@ -24,7 +36,7 @@ from __future__ import annotations
 import enum
 import math
 import time
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,8 +85,11 @@ class AggregateResult:
     ``integer_sum`` is always the signed integer sum in Z_{2^b}; ``survivors`` are the clients whose
     inputs are in the sum; ``dropped`` every client out of the session after this aggregation.
     Byte counts are wire bytes of this aggregation (including session set-up for the first one);
-    ``client_seconds`` / ``server_seconds`` are CPU seconds (``time.process_time``) spent inside
-    each party's state machine -- compute, unaffected by other load on the machine.
+    ``client_seconds`` / ``server_seconds`` are CPU seconds of the calling thread
+    (``time.thread_time``) spent inside each party's state machine -- compute, unaffected by other
+    load on the machine. ``prepared_seconds`` are each client's CPU seconds of
+    :meth:`InProcessSession.prepare` work this aggregation used (done ahead, in worker threads:
+    off the critical path).
     """
 
     step: int
@@ -87,6 +102,7 @@ class AggregateResult:
     error_bound: float
     client_seconds: Mapping[Hashable, float] = field(default_factory=dict)
     server_seconds: float = 0.0
+    prepared_seconds: Mapping[Hashable, float] = field(default_factory=dict)
 
 
 class InProcessSession:
@@ -115,6 +131,9 @@ class InProcessSession:
                 f"got {len(ids)}"
             )
         self.config = config
+        self._busy = False  # setup/prepare running (possibly in the caller's worker thread)
+        self._prepared_seconds: dict[int, float] = {}
+        self._setup_counters: dict | None = None
         self.session_id = session_id if session_id is not None else keys.random_bytes(16)
         self._ids = ids
         self._index = {cid: i for i, cid in enumerate(ids)}
@@ -175,6 +194,8 @@ class InProcessSession:
         """End the session: every party forgets its secrets."""
         if self._closed:
             return
+        if self._busy:
+            raise LocalProtocolError("setup/prepare still running: wait for it before closing")
         self._closed = True
         self._server.close()
         for c in self._clients.values():
@@ -276,9 +297,9 @@ class InProcessSession:
         counters["up"][u] += len(data)
         if self.transcript is not None:
             self.transcript.append((step, "up", u, data))
-        t0 = time.process_time()
+        t0 = time.thread_time()
         self._server.receive(data, sender=u)
-        counters["server"][0] += time.process_time() - t0
+        counters["server"][0] += time.thread_time() - t0
 
     def _deliver(
         self,
@@ -294,27 +315,27 @@ class InProcessSession:
             counters["down"][u] += len(data)
             if self.transcript is not None:
                 self.transcript.append((step, "down", u, data))
-            t0 = time.process_time()
+            t0 = time.thread_time()
             try:
                 replies[u] = self._clients[u].receive(data)
             except TooFewSurvivors:
                 self._out.add(u)  # the client aborted: it drops out
                 replies[u] = []
-            counters["client"][u] += time.process_time() - t0
+            counters["client"][u] += time.thread_time() - t0
         return replies
 
     def _close_stage(self, counters: dict, step: int) -> StageOutput:
-        t0 = time.process_time()
+        t0 = time.thread_time()
         try:
             out = self._server.close_stage()
         except (TooFewSurvivors, InvalidShare) as exc:
-            counters["server"][0] += time.process_time() - t0
+            counters["server"][0] += time.thread_time() - t0
             self._aborted = str(exc)
             for u, data in exc.notifications.items():
                 if u not in self._out:
                     self._clients[u].receive(data)
             raise
-        counters["server"][0] += time.process_time() - t0
+        counters["server"][0] += time.thread_time() - t0
         return out
 
     # ------------------------------------------------------------------ one aggregation
@@ -331,10 +352,7 @@ class InProcessSession:
         Raises :class:`TooFewSurvivors` (and the session is over) when fewer than t remain where t
         are needed. Inputs of clients already out of the session are ignored.
         """
-        if self._closed:
-            raise LocalProtocolError("session is closed")
-        if self._aborted is not None:
-            raise LocalProtocolError(f"session aborted: {self._aborted}")
+        self._check_live()
         first = not self._started
         step = self._server.step
         stages = self._resolve_drop(drop, first)
@@ -344,48 +362,24 @@ class InProcessSession:
         }
         needed |= {i for i in alive if i not in stages}
         vectors, w, is_float = self._resolve_inputs(inputs, weights, needed)
-        counters: dict = {
-            "up": dict.fromkeys(range(len(self._ids)), 0),
-            "down": dict.fromkeys(range(len(self._ids)), 0),
-            "client": dict.fromkeys(range(len(self._ids)), 0.0),
-            "server": [0.0],
-        }
-
-        def drops_at(u: int, stage: Stage) -> bool:
-            st = stages.get(u)
-            if st is not None and _ORDER[st] <= _ORDER[stage]:
-                self._out.add(u)
-                return True
-            return u in self._out
-
+        counters = self._setup_counters or self._new_counters()
+        self._setup_counters = None
+        prepared, self._prepared_seconds = self._prepared_seconds, {}
+        drops_at = self._dropper(stages)
         if first:
-            self._started = True
-            for u in alive:
-                if drops_at(u, Stage.ADVERTISE):
-                    continue
-                t0 = time.process_time()
-                msg = self._clients[u].start()
-                counters["client"][u] += time.process_time() - t0
-                self._up(u, msg, counters, step)
-            replies = self._deliver(self._close_stage(counters, step), counters, step, set())
-            for u, msgs in sorted(replies.items()):
-                if drops_at(u, Stage.SHARE):
-                    continue
-                for msg in msgs:
-                    self._up(u, msg, counters, step)
-            self._deliver(self._close_stage(counters, step), counters, step, set())
+            self._run_setup(alive, drops_at, counters, step)
 
         for u in sorted(i for i in alive if i not in self._out):
             if drops_at(u, Stage.MASKED_INPUT):
                 continue
-            t0 = time.process_time()
+            t0 = time.thread_time()
             try:
                 msg = self._clients[u].submit_input(vectors[u], w.get(u, 1.0))
             except TooFewSurvivors:
                 self._out.add(u)
                 continue
             finally:
-                counters["client"][u] += time.process_time() - t0
+                counters["client"][u] += time.thread_time() - t0
             self._up(u, msg, counters, step)
         out = self._close_stage(counters, step)
         if self.config.active:
@@ -404,9 +398,127 @@ class InProcessSession:
                 self._up(u, msg, counters, step)
         final = self._close_stage(counters, step)
         assert final.result is not None
-        return self._result(final.result, is_float, counters)
+        return self._result(final.result, is_float, counters, prepared)
 
-    def _result(self, res: ServerResult, is_float: bool, counters: dict) -> AggregateResult:
+    # ------------------------------------------------------------------ ahead of time
+
+    def _new_counters(self) -> dict:
+        n = len(self._ids)
+        return {
+            "up": dict.fromkeys(range(n), 0),
+            "down": dict.fromkeys(range(n), 0),
+            "client": dict.fromkeys(range(n), 0.0),
+            "server": [0.0],
+        }
+
+    def _dropper(self, stages: Mapping[int, Stage]) -> Callable[[int, Stage], bool]:
+        """``drops_at(u, stage)``: whether client u is out from ``stage`` on (and mark it out)."""
+
+        def drops_at(u: int, stage: Stage) -> bool:
+            st = stages.get(u)
+            if st is not None and _ORDER[st] <= _ORDER[stage]:
+                self._out.add(u)
+                return True
+            return u in self._out
+
+        return drops_at
+
+    def _run_setup(
+        self, alive: list[int], drops_at: Callable[[int, Stage], bool], counters: dict, step: int
+    ) -> None:
+        """Advertise + share keys: the session's key agreement (before its first input)."""
+        self._started = True
+        for u in alive:
+            if drops_at(u, Stage.ADVERTISE):
+                continue
+            t0 = time.thread_time()
+            msg = self._clients[u].start()
+            counters["client"][u] += time.thread_time() - t0
+            self._up(u, msg, counters, step)
+        replies = self._deliver(self._close_stage(counters, step), counters, step, set())
+        for u, msgs in sorted(replies.items()):
+            if drops_at(u, Stage.SHARE):
+                continue
+            for msg in msgs:
+                self._up(u, msg, counters, step)
+        self._deliver(self._close_stage(counters, step), counters, step, set())
+
+    def setup(self, *, drop: Mapping[Hashable, object] | None = None) -> None:
+        """Run the session's key agreement (advertise + share keys) now, before any input exists.
+
+        Without it the first :meth:`aggregate` does it. ``drop`` may only name the stages of the
+        set-up (``advertise``, ``share``); later drops go to ``aggregate`` as usual. Bytes and
+        CPU seconds of the set-up are reported with the first aggregation, as without it. Raises
+        :class:`TooFewSurvivors` like the first aggregation would.
+        """
+        self._check_live()
+        if self._started:
+            raise LocalProtocolError("session keys were already agreed (setup runs once)")
+        stages = self._resolve_drop(drop, True)
+        late = sorted(
+            str(self._ids[u])
+            for u, st in stages.items()
+            if _ORDER[st] >= _ORDER[Stage.MASKED_INPUT]
+        )
+        if late:
+            raise ConfigError(
+                f"setup: drop stages must be advertise or share; pass later drops of {late[:5]} "
+                "to aggregate"
+            )
+        counters = self._new_counters()
+        self._setup_counters = counters  # reported with the first aggregation
+        alive = [i for i in range(len(self._ids)) if i not in self._out]
+        self._busy = True
+        try:
+            self._run_setup(alive, self._dropper(stages), counters, self._server.step)
+        finally:
+            self._busy = False
+
+    @property
+    def started(self) -> bool:
+        """Whether the session's keys are agreed (by :meth:`setup` or a first aggregation)."""
+        return self._started
+
+    def _check_idle(self) -> None:
+        if self._busy:
+            raise LocalProtocolError(
+                "setup/prepare still running: wait for it before using the session again"
+            )
+
+    def _check_live(self) -> None:
+        self._check_idle()
+        if self._closed:
+            raise LocalProtocolError("session is closed")
+        if self._aborted is not None:
+            raise LocalProtocolError(f"session aborted: {self._aborted}")
+
+    def prepare(self, dim: int) -> None:
+        """Do the data-independent work of the next aggregation now.
+
+        Every client still in the session expands its mask for a length-``dim`` input and draws
+        its next key bundle (:meth:`protocols.Client.prepare_input`), so :meth:`aggregate` only
+        encodes, adds and unmasks. The sums and wire bytes are those of an unprepared aggregation
+        -- a client whose prepared work does not fit (another length, other peers) computes on
+        demand -- so a wrong ``dim`` only costs time. Run it in a worker thread to overlap it with
+        the computation of the inputs; the session refuses other calls until it returns.
+        """
+        self._check_live()
+        if not self._started:
+            raise LocalProtocolError("prepare needs the session keys: call setup() first")
+        self._busy = True
+        try:
+            for u in range(len(self._ids)):
+                if u not in self._out:
+                    t0 = time.thread_time()
+                    self._clients[u].prepare_input(dim)
+                    spent = time.thread_time() - t0
+                    self._prepared_seconds[u] = self._prepared_seconds.get(u, 0.0) + spent
+        finally:
+            self._busy = False
+
+    def _result(
+        self, res: ServerResult, is_float: bool, counters: dict, prepared: Mapping[int, float]
+    ) -> AggregateResult:
         for u in self._server.out:
             self._out.add(u)
         params = self.config.encoding
@@ -425,6 +537,7 @@ class InProcessSession:
             error_bound=bound,
             client_seconds={ids[i]: s for i, s in counters["client"].items()},
             server_seconds=counters["server"][0],
+            prepared_seconds={ids[i]: s for i, s in prepared.items()},
         )
         for i in range(len(ids)):
             self.total_bytes_up[ids[i]] += counters["up"][i]

@@ -219,6 +219,16 @@ class DiagnosticsConfig:
 
 
 @dataclass(frozen=True)
+class ComputeConfig:
+    """How models run (securedream/compute.py): opt-in speed options, float32/NCHW by default."""
+
+    autocast: str = _spec(
+        "off", choices=("off", "bf16"), help="bf16: forward passes under bfloat16 autocast"
+    )
+    channels_last: bool = _spec(False, help="NHWC conv weights and inputs (GPU tensor cores)")
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     dream_grid: bool = _spec(True, help="write a PNG grid of dreams each round")
     grid_images: int = _spec(64, low=1, high=1024)
@@ -242,6 +252,7 @@ class RunConfig:
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def client_models(self) -> list[str]:
@@ -261,6 +272,7 @@ SECTIONS: dict[str, type] = {
     "secure_aggregation": SecureAggregationConfig,
     "privacy": PrivacyConfig,
     "diagnostics": DiagnosticsConfig,
+    "compute": ComputeConfig,
     "output": OutputConfig,
 }
 
@@ -384,6 +396,7 @@ def _validate_cross_fields(cfg: RunConfig) -> None:
     if cfg.data.dataset in ("mnist", "fashionmnist", "cifar10", "svhn") and not cfg.data.root:
         raise ConfigError("data.root", f"is required for dataset {cfg.data.dataset!r}")
     _validate_population(cfg)
+    _validate_compute(cfg)
     _validate_diagnostics(cfg)
     _validate_privacy(cfg)
 
@@ -411,6 +424,29 @@ def _validate_population(cfg: RunConfig) -> None:
         )
     if cfg.dreams.adaptive:
         raise ConfigError("clients.population", "does not support dreams.adaptive yet")
+
+
+def _validate_compute(cfg: RunConfig) -> None:
+    """What the population's stacked (vmap) path cannot run."""
+    if not cfg.clients.population:
+        return
+    if cfg.compute.channels_last:
+        raise ConfigError(
+            "compute.channels_last",
+            "applies to per-client models; a population (clients.population = true) keeps its "
+            "clients as stacked parameters, which it does not re-lay out (set it false)",
+        )
+    if cfg.compute.autocast != "off":
+        from securedream.models import build_model, has_batchnorm
+
+        for name in sorted(set(cfg.clients.models)):
+            if has_batchnorm(build_model(name, in_channels=1, num_classes=10, image_size=8)):
+                raise ConfigError(
+                    "compute.autocast",
+                    f"bf16 in a population (clients.population = true) needs models without "
+                    f"BatchNorm: torch's autocast does not cast BatchNorm under vmap, and "
+                    f'{name!r} has BatchNorm (use cnn-gn models, or autocast = "off")',
+                )
 
 
 def _validate_diagnostics(cfg: RunConfig) -> None:

@@ -24,6 +24,7 @@ the same steps from the stack: :class:`~securedream.privacy.aggregator.DPAggrega
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -69,11 +70,30 @@ def fixed_point_encode(
     contribution: torch.Tensor, value_range: float, scale: float, rounding: NoiseSource
 ) -> np.ndarray:
     """The contribution as integers: ``round_stochastic(s · clip(x / range, -1, 1))``."""
-    vector = contribution.detach().cpu().double().reshape(-1).numpy() / value_range
-    np.clip(vector, -1.0, 1.0, out=vector)
-    vector *= scale
-    floor = np.floor(vector)
-    return floor.astype(np.int64) + (rounding.uniform(len(vector)) < vector - floor)
+    values = contribution.detach().cpu().to(torch.float64, copy=True).reshape(1, -1).numpy()
+    uniform = rounding.uniform(values.shape[1])
+    return fixed_point_encode_rows(values, value_range, scale, [uniform])[0]
+
+
+def fixed_point_encode_rows(
+    values: np.ndarray, value_range: float, scale: float, uniforms: Sequence[np.ndarray]
+) -> np.ndarray:
+    """:func:`fixed_point_encode` of several contributions at once, bit for bit.
+
+    ``values`` is a float64 array of shape (contributions, d), overwritten; ``uniforms[i]`` are
+    contribution i's rounding variates (``d`` of them, drawn as :func:`fixed_point_encode` draws
+    them). One array pass per operation for all contributions (the in-process secure
+    aggregator encodes every client of a step this way).
+    """
+    values /= value_range
+    np.clip(values, -1.0, 1.0, out=values)
+    values *= scale
+    floor = np.floor(values)
+    values -= floor  # the fractional parts
+    out = floor.astype(np.int64)
+    for row, uniform in enumerate(uniforms):
+        out[row] += uniform < values[row]  # round up with probability = the fractional part
+    return out
 
 
 def rounding_stream(

@@ -65,14 +65,14 @@ def test_dropouts_at_every_stage_round_completes_without_individual_leak(monkeyp
     agg = exp.aggregator
     assert isinstance(agg, SecureAggregator)
     encoded: list[np.ndarray] = []
-    original_encode = agg._client_encode
+    original_encode = agg._clients_encode
 
     def recording_encode(*args, **kwargs):
-        vector = original_encode(*args, **kwargs)
-        encoded.append(vector.copy())
-        return vector
+        vectors = original_encode(*args, **kwargs)
+        encoded.extend(vector.copy() for vector in vectors)
+        return vectors
 
-    monkeypatch.setattr(agg, "_client_encode", recording_encode)
+    monkeypatch.setattr(agg, "_clients_encode", recording_encode)
     received: list[bytes] = []
     original_receive = protocols.Server.receive
 

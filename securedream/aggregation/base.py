@@ -70,7 +70,9 @@ def check_contributions(contributions: Mapping[int, torch.Tensor]) -> torch.Size
     shapes = {tuple(t.shape) for t in contributions.values()}
     if len(shapes) != 1:
         raise ValueError(f"aggregate: contributions have different shapes {sorted(shapes)}")
-    for client, tensor in contributions.items():
-        if not torch.isfinite(tensor).all():
+    # one host synchronisation for all clients (a GPU's queue is not drained once per client)
+    finite = torch.stack([torch.isfinite(t).all() for t in contributions.values()]).tolist()
+    for client, ok in zip(contributions, finite, strict=True):
+        if not ok:
             raise ValueError(f"aggregate: client {client} sent a non-finite value")
     return next(iter(contributions.values())).shape

@@ -10,12 +10,22 @@ A client that drops (simulated by ``dropout_rate`` or an explicit schedule) is o
 the round — the server stops sending it dreams — and is back in the next round's session. Fewer
 survivors than the threshold aborts the aggregation with :class:`SecureAggregationAborted`, and so
 does a sum of fewer than ``min_survivors`` (never below 2): it is refused, not released.
+
+Off the critical path (``SecureAggregationSettings.pipeline``, on by default): nothing of a mask
+depends on the data, so after each aggregation the clients' next masks and key bundles are
+expanded in worker threads (``protocols.InProcessSession.prepare``) together with the next
+contributions' rounding randomness, while the dream step computes; the next round's session is
+created and its keys agreed in a worker while the round distils and trains. ``aggregate`` then only
+encodes, adds the prepared masks and unmasks. Sums, wire bytes, dropouts and seeded rounding bits
+are those of the unpipelined path (tests/test_secure_pipeline.py); every session still has fresh
+keys and every aggregation fresh masks.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,9 +33,8 @@ import torch
 
 import protocols
 from securedream.aggregation.base import AggregateResult, Aggregator, Channel, check_contributions
-from securedream.contribution import fixed_point_encode
+from securedream.contribution import fixed_point_encode_rows, rounding_stream
 from securedream.errors import SecureDreamError
-from securedream.randomness import NoiseSource
 from securedream.seeding import numpy_generator
 
 STAGES = ("advertise", "share", "masked_input", "consistency", "unmask")
@@ -89,6 +98,7 @@ class SecureAggregationSettings:
     seed: int = 0
     secure_rounding: bool = False  # rounding randomness from os.urandom (else from the seed)
     min_survivors: int = 2  # fewest survivors a sum is released with (never below 2 or t)
+    pipeline: bool = True  # masks, rounding bits and next session prepared in a worker thread
 
 
 def protocol_config(
@@ -129,12 +139,23 @@ class SecureAggregator(Aggregator):
         self.session: protocols.InProcessSession | None = None
         self.round_index = 0
         # wall seconds of secure-aggregation work (encode, protocol, decode) and, separately, of
-        # sampling clients' integer DP noise: both run inside the dreaming stage
+        # sampling clients' integer DP noise: both run inside the dreaming stage. With the
+        # pipeline, ``seconds`` is what is left on the critical path (waits for unfinished
+        # prepared work included); ``ahead_seconds`` is the CPU time of the work done ahead in
+        # worker threads (masks, next key bundles, rounding bits, next session's set-up).
         self.seconds = 0.0
         self.noise_seconds = 0.0
+        self.ahead_seconds = 0.0
         self.survivors_log: list[dict[str, object]] = []
         self.integer_noise: IntegerNoise | None = None
-        self.rounding = NoiseSource.from_seed(settings.seed, "rounding", 0)
+        self._position = 0  # rounding-stream calls made this round (one per contribution)
+        self._pool: ThreadPoolExecutor | None = None
+        self._task: Future[float] | None = None  # the worker's current task
+        self._draws: dict[int, Future[np.ndarray]] = {}  # stream position -> uniform draws
+        self._next_session: tuple[int, Future[tuple[protocols.InProcessSession, float]]] | None = (
+            None
+        )
+        self._dream_dim: int | None = None  # length of the last dream-channel contribution
 
     @property
     def threshold(self) -> int:
@@ -154,17 +175,119 @@ class SecureAggregator(Aggregator):
 
     def start_round(self, round_index: int, client_ids: Sequence[int]) -> None:
         self.round_index = round_index
-        self.session = protocols.InProcessSession(self.config, list(range(self.num_clients)))
-        self.rounding = (
-            NoiseSource.from_os()
-            if self.settings.secure_rounding
-            else NoiseSource.from_seed(self.settings.seed, "rounding", round_index)
-        )
+        self._position = 0
+        self._draws = {}
+        ahead, self._next_session = self._next_session, None
+        if ahead is not None and ahead[0] == round_index:
+            self.session, seconds = ahead[1].result()  # keys agreed, masks expanded, in a worker
+            self.ahead_seconds += seconds
+        else:
+            if ahead is not None:
+                ahead[1].result()[0].close()
+            self.session = self._new_session()
+        if self.settings.pipeline and self.session.started and self._dream_dim is not None:
+            # that session's first masks are expanded: draw the first contributions' rounding
+            self._start(self._dream_dim, self.num_clients, masks=False)
 
     def end_round(self) -> None:
+        self._wait()
         if self.session is not None:
             self.session.close()
         self.session = None
+        self._draws = {}
+        if self.settings.pipeline:  # next round's session: keys agreed while this one distils
+            rnd = self.round_index + 1
+            self._next_session = (rnd, self._executor().submit(self._session_ahead, rnd))
+
+    def close(self) -> None:
+        """Forget a session built ahead and stop the worker thread (the run is over)."""
+        self._wait()
+        ahead, self._next_session = self._next_session, None
+        if ahead is not None:
+            ahead[1].result()[0].close()
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    # ------------------------------------------------------------------ work ahead
+
+    def _new_session(self) -> protocols.InProcessSession:
+        return protocols.InProcessSession(self.config, list(range(self.num_clients)))
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:  # one thread: one hand-off per aggregation, few GIL waits
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="secagg-ahead")
+        return self._pool
+
+    def _session_ahead(self, round_index: int) -> tuple[protocols.InProcessSession, float]:
+        """A fresh session for ``round_index`` with its keys agreed, built in the worker thread.
+
+        Planned or simulated drops at the set-up stages of the round's first aggregation are
+        applied by that aggregation as before: such a round's session is left for it to set up.
+        """
+        start = time.thread_time()
+        session = self._new_session()
+        first = self._drops(0, range(self.num_clients), round_index)
+        if not any(stage in ("advertise", "share") for stage in first.values()):
+            session.setup()
+            if self._dream_dim is not None:
+                session.prepare(self._dream_dim)
+        return session, time.thread_time() - start
+
+    def _start(self, dim: int, contributors: int, *, masks: bool = True) -> None:
+        """Start the next aggregation's rounding bits (and masks) in the worker thread."""
+        positions = range(self._position, self._position + contributors)
+        self._draws = {pos: Future() for pos in positions}
+        # only a protocol session has masks to prepare (a subclass may sum without masking)
+        real = isinstance(self.session, protocols.InProcessSession)
+        session = self.session if masks and real else None
+        self._task = self._executor().submit(
+            self._ahead, session, self.round_index, dict(self._draws), dim
+        )
+
+    def _ahead(
+        self,
+        session: protocols.InProcessSession | None,
+        round_index: int,
+        draws: Mapping[int, Future[np.ndarray]],
+        dim: int,
+    ) -> float:
+        """The worker's task: rounding bits first (encoding needs them first), then the masks."""
+        start = time.thread_time()
+        for position, future in draws.items():
+            try:
+                future.set_result(self._stream(round_index, position).uniform(dim))
+            except Exception as exc:  # handed to the encoder waiting for it
+                future.set_exception(exc)
+        if session is not None:
+            session.prepare(dim)
+        return time.thread_time() - start
+
+    def _wait(self) -> None:
+        """Wait for the worker's task (the session is not touched while it runs)."""
+        task, self._task = self._task, None
+        if task is not None:
+            self.ahead_seconds += task.result()
+
+    def _stream(self, round_index: int, position: int):  # type: ignore[no-untyped-def]
+        """The rounding randomness of the ``position``-th contribution of a round."""
+        return rounding_stream(
+            self.settings.seed, round_index, position, from_os=self.settings.secure_rounding
+        )
+
+    def _rounding(self, count: int) -> np.ndarray:
+        """The next contribution's rounding variates: drawn ahead when they were, else now."""
+        position = self._position
+        self._position += 1
+        ahead = self._draws.pop(position, None)
+        if ahead is not None:
+            values = ahead.result()
+            if len(values) >= count:  # AES-CTR streams: a shorter draw is a prefix of a longer
+                return values[:count]
+        return self._stream(self.round_index, position).uniform(count)
 
     def active_clients(self, client_ids: Sequence[int]) -> list[int]:
         if self.session is None:
@@ -172,17 +295,17 @@ class SecureAggregator(Aggregator):
         out = self.session.dropped_clients
         return [c for c in client_ids if c not in out]
 
-    def _drops(self, step: int, active: Sequence[int]) -> dict[int, str]:
+    def _drops(
+        self, step: int, active: Iterable[int], round_index: int | None = None
+    ) -> dict[int, str]:
+        rnd = self.round_index if round_index is None else round_index
+        active = list(active)
         drops: dict[int, str] = {}
         for plan in self.settings.planned:
-            if (
-                plan.step == step
-                and plan.round in (None, self.round_index)
-                and plan.client in active
-            ):
+            if plan.step == step and plan.round in (None, rnd) and plan.client in active:
                 drops[plan.client] = plan.stage
         if self.settings.dropout_rate > 0:
-            rng = numpy_generator(self.settings.seed, "dropout", self.round_index, step)
+            rng = numpy_generator(self.settings.seed, "dropout", rnd, step)
             draws = rng.random(self.num_clients)
             stages = rng.integers(2 if step > 0 else 0, len(STAGES), self.num_clients)
             for c in active:
@@ -205,13 +328,22 @@ class SecureAggregator(Aggregator):
         start = time.perf_counter()  # encoding and decoding are secure-aggregation work too
         noise_before = self.noise_seconds
         try:
-            inputs = {
-                c: self._client_encode(contributions[c], value_range, channel, step) for c in active
-            }
+            encoded = self._clients_encode(
+                [contributions[c] for c in active], value_range, channel, step
+            )
+            inputs = dict(zip(active, encoded, strict=True))
+            self._wait()  # the prepared masks (normally long done, during the dream step)
             result = self.session.aggregate(inputs, drop=drops)
             total, survivors = self._decode(
                 result.integer_sum, result.survivors, channel, step, shape
             )
+            # the next dream step's masks and rounding bits, computed while that step computes
+            # (after a soft-label snapshot, usually the round's last aggregation, none)
+            if channel is not Channel.LOGITS:
+                self._dream_dim = int(first.numel())
+                if self.settings.pipeline:
+                    remaining = self.active_clients(range(self.num_clients))
+                    self._start(self._dream_dim, len(remaining))
         except protocols.TooFewSurvivors as exc:
             raise SecureAggregationAborted(
                 f"round {self.round_index}, {channel.value} step {step}: fewer than "
@@ -266,23 +398,52 @@ class SecureAggregator(Aggregator):
         total = torch.from_numpy(summed * self.channel_range(channel)).to(torch.float32)
         return total.reshape(shape), ordered
 
-    def _client_encode(
-        self, contribution: torch.Tensor, value_range: float, channel: Channel, step: int
-    ) -> np.ndarray:
+    def _clients_encode(
+        self, tensors: Sequence[torch.Tensor], value_range: float, channel: Channel, step: int
+    ) -> list[np.ndarray]:
         """Client side: fixed-point encode with stochastic rounding, then any integer DP noise.
 
         Values are divided by the channel's public range and clipped to [-1, 1], scaled by s and
-        rounded up with probability equal to the fractional part (unbiased; error < 1/s each).
-        The rounding randomness is keyed per round (from the seed, or os.urandom when
-        ``secure_rounding``), so research runs are reproducible.
+        rounded up with probability equal to the fractional part (unbiased; error < 1/s each):
+        :func:`securedream.contribution.fixed_point_encode_rows`, all clients of the step in one
+        pass per operation, bit for bit what each client's ``fixed_point_encode`` gives. The
+        rounding randomness is keyed per round and contribution (from the seed, or os.urandom
+        when ``secure_rounding``), so research runs are reproducible.
         """
-        encoded = fixed_point_encode(contribution, value_range, self.encoding.scale, self.rounding)
+        if not tensors:
+            return []
+        values = _host_rows(tensors)
+        uniforms = [self._rounding(values.shape[1]) for _ in tensors]
+        encoded = fixed_point_encode_rows(values, value_range, self.encoding.scale, uniforms)
+        rows = list(encoded)
         if self.integer_noise is not None:
             start = time.perf_counter()
-            encoded += self.integer_noise(len(encoded), channel, step)
+            for row in rows:  # in client order, as each client draws its own share
+                row += self.integer_noise(len(row), channel, step)
             self.noise_seconds += time.perf_counter() - start
-        return encoded
+        return rows
+
+    def __del__(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)
 
     def error_bound(self, channel: Channel, contributors: int) -> float:
         """|decoded − exact clipped sum| per coordinate is below contributors·Δ·range."""
         return contributors * self.channel_range(channel) / self.encoding.scale
+
+
+def _host_rows(tensors: Sequence[torch.Tensor]) -> np.ndarray:
+    """The contributions as one float64 host array (clients, d), a fresh copy.
+
+    One device-to-host transfer for all clients on a GPU (one synchronisation, not one per
+    client); on the CPU one conversion pass per client, no intermediate stack.
+    """
+    dim = tensors[0].numel()
+    if all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors):
+        values = np.empty((len(tensors), dim))
+        for row, t in zip(values, tensors, strict=True):
+            row[:] = t.detach().reshape(-1).numpy()
+        return values
+    host = torch.stack([t.detach().reshape(-1) for t in tensors]).cpu()
+    return host.to(torch.float64).numpy()

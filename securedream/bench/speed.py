@@ -1,11 +1,16 @@
 """``securedream bench speed``: where a round's time goes, on the device you name.
 
-Three measurements, each printed as one JSON object with ``--json`` (else a short table):
+Four measurements, each printed as one JSON object with ``--json`` (else a short table):
 
 * ``--preset P [--device D]``: one round (or ``--rounds``) of the preset with the in-process engine:
   median dream-step time, local-training and distillation seconds, and the share of the round spent
-  in secure aggregation (when the preset enables it). Same command on CPU and GPU, so the figures
-  are comparable.
+  in secure aggregation (when the preset enables it): its critical-path milliseconds per
+  aggregation and the CPU seconds done ahead in the worker thread. Same command on CPU and GPU, so
+  the figures are comparable; ``--no-pipeline`` runs secure aggregation serially (the reference).
+* ``--secagg-step``: secure aggregation alone, ``--clients`` n, ``--dim`` d, ``--steps`` S, with
+  a stand-in for the dream step's computation of ``--gap-ms`` between aggregations (torch
+  matrix products, which release the GIL as a real step does), serial and pipelined: wall and
+  main-thread CPU milliseconds per aggregation on the critical path.
 * ``--population``: a ``clients.population`` run of ``--clients`` clients with ``--samples`` each,
   sampling rate ``--rate``, ``--rounds`` rounds of the smoke dream settings; wall time and peak
   resident memory (``resource.getrusage``).
@@ -20,6 +25,7 @@ means little without them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -55,7 +61,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def preset_speed(preset: str, overrides: Sequence[str], rounds: int) -> dict[str, Any]:
+def _secure_aggregator(aggregator: object) -> Any:
+    """The SecureAggregator of a run's stack (inside a DP wrapper, if any), or None."""
+    from securedream.aggregation.secure import SecureAggregator
+
+    while aggregator is not None and not isinstance(aggregator, SecureAggregator):
+        aggregator = getattr(aggregator, "inner", None)
+    return aggregator
+
+
+def preset_speed(
+    preset: str, overrides: Sequence[str], rounds: int, pipeline: bool = True
+) -> dict[str, Any]:
     """Stage times of ``rounds`` in-process rounds of ``preset`` (after config overrides)."""
     from securedream.engines.inprocess import run_one_round
     from securedream.rounds.experiment import Experiment
@@ -66,6 +83,9 @@ def preset_speed(preset: str, overrides: Sequence[str], rounds: int) -> dict[str
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     exp = Experiment(cfg)
+    secure = _secure_aggregator(exp.aggregator)
+    if secure is not None and not pipeline:
+        secure.settings = dataclasses.replace(secure.settings, pipeline=False)
     marks: list[float] = []
 
     def on_step(_step: int) -> None:
@@ -74,11 +94,16 @@ def preset_speed(preset: str, overrides: Sequence[str], rounds: int) -> dict[str
 
     records = []
     steps: list[float] = []  # intervals between consecutive dream steps of one round
+    aggregations = 0
     for r in range(rounds):
         marks.clear()
         _sync(exp.device)
+        before = len(secure.survivors_log) if secure is not None else 0
         records.append(run_one_round(exp, r, on_step))
+        aggregations += (len(secure.survivors_log) - before) if secure is not None else 0
         steps += [b - a for a, b in itertools.pairwise(marks)]
+    if secure is not None:
+        secure.close()
     totals: dict[str, float] = {}
     for rec in records:
         for stage, seconds in rec["stage_seconds"].items():
@@ -96,6 +121,16 @@ def preset_speed(preset: str, overrides: Sequence[str], rounds: int) -> dict[str
         "dreaming_s_per_round": totals.get("dreaming", 0.0) / rounds,
         "secure_aggregation_s_per_round": totals.get("secure_aggregation", 0.0) / rounds,
         "secure_aggregation_share": totals.get("secure_aggregation", 0.0) / wall if wall else 0.0,
+        # critical path per aggregation, and the CPU seconds the worker thread did ahead
+        "secure_aggregation_ms_per_aggregation": (
+            1e3 * totals.get("secure_aggregation", 0.0) / aggregations if aggregations else None
+        ),
+        "secure_aggregation_ahead_cpu_s_per_round": (
+            secure.ahead_seconds / rounds if secure is not None else None
+        ),
+        "secure_aggregation_pipeline": bool(secure is not None and secure.settings.pipeline),
+        "aggregations_per_round": aggregations / rounds,
+        "compute": {"autocast": cfg.compute.autocast, "channels_last": cfg.compute.channels_last},
         "round_s": wall / rounds,
         **_machine(exp.device),
     }
@@ -210,16 +245,83 @@ def cohort_speed(
     return result
 
 
+def secagg_step_speed(
+    clients: int, dim: int, steps: int, gap_ms: float, seed: int = 0
+) -> dict[str, Any]:
+    """Critical-path cost of one secure aggregation, serial and pipelined.
+
+    Between aggregations the main thread computes for ``gap_ms`` (float32 matrix products, which
+    release the GIL like a dream step's kernels), as the dream step does while the worker
+    prepares the next masks. Medians over steps 3..S (the first ones set the session up).
+    """
+    from securedream.aggregation import Channel
+    from securedream.aggregation.secure import SecureAggregationSettings, SecureAggregator
+
+    g = torch.Generator().manual_seed(seed)
+    contributions = {c: torch.rand(dim, generator=g) * 2 - 1 for c in range(clients)}
+    work = torch.randn(192, 192, generator=g)
+
+    def compute(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            work @ work
+
+    result: dict[str, Any] = {
+        "clients": clients,
+        "dim": dim,
+        "steps": steps,
+        "gap_ms": gap_ms,
+        "loadavg_before": list(os.getloadavg()),
+    }
+    for pipeline in (False, True):
+        agg = SecureAggregator(
+            clients, SecureAggregationSettings(ranges={"dream": 1.0}, seed=seed, pipeline=pipeline)
+        )
+        wall, cpu = [], []
+        agg.start_round(0, list(range(clients)))
+        for step in range(steps):
+            compute(gap_ms / 1e3)
+            t, c = time.perf_counter(), time.thread_time()
+            agg.aggregate(contributions, channel=Channel.DREAM_GRADIENT, step=step)
+            cpu.append(time.thread_time() - c)
+            wall.append(time.perf_counter() - t)
+        agg.end_round()
+        agg.close()
+        steady = slice(2, None) if steps > 3 else slice(None)
+        name = "pipelined" if pipeline else "serial"
+        result[name] = {
+            "critical_path_ms_median": 1e3 * statistics.median(wall[steady]),
+            "critical_path_ms_min": 1e3 * min(wall[steady]),
+            "main_thread_cpu_ms_median": 1e3 * statistics.median(cpu[steady]),
+            "first_aggregation_ms": 1e3 * wall[0],
+            "ahead_cpu_ms_per_aggregation": 1e3 * agg.ahead_seconds / steps,
+        }
+    result["speedup_median"] = (
+        result["serial"]["critical_path_ms_median"] / result["pipelined"]["critical_path_ms_median"]
+    )
+    result.update(_machine(torch.device("cpu")))
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="securedream bench speed", description=__doc__.split("\n")[0])
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--preset", metavar="NAME", help="in-process CoDream preset to time")
     what.add_argument("--population", action="store_true", help="sampled population run")
     what.add_argument("--cohorts", metavar="M,M", help="cohort sizes for one batched dream step")
+    what.add_argument(
+        "--secagg-step", action="store_true", help="secure aggregation alone: serial vs pipelined"
+    )
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
     p.add_argument("--rounds", type=int, default=1, help="rounds to time (default 1)")
-    p.add_argument("--clients", type=int, default=1000)
+    p.add_argument("--clients", type=int, default=None, help="population 1000, secagg 4")
+    p.add_argument("--dim", type=int, default=100_352, help="--secagg-step: vector length")
+    p.add_argument("--steps", type=int, default=30, help="--secagg-step: aggregations")
+    p.add_argument("--gap-ms", type=float, default=20.0, help="--secagg-step: compute between")
+    p.add_argument(
+        "--no-pipeline", action="store_true", help="--preset: secure aggregation serially"
+    )
     p.add_argument("--samples", type=int, default=4, help="samples per client (population)")
     p.add_argument("--rate", type=float, default=0.1, help="sampling rate q (population)")
     p.add_argument("--dataset", default="mnist5k", help="population dataset (default mnist5k)")
@@ -243,13 +345,25 @@ def main(argv: Sequence[str]) -> int:
         if args.rounds < 1 or args.repeats < 1:
             raise ConfigError("--rounds/--repeats", "must be >= 1")
         if args.preset:
-            result = preset_speed(args.preset, overrides, args.rounds)
+            result = preset_speed(args.preset, overrides, args.rounds, not args.no_pipeline)
         elif args.population:
             if not 0 < args.rate <= 1:
                 raise ConfigError("--rate", f"must be in (0, 1], got {args.rate}")
+            clients = 1000 if args.clients is None else args.clients
             result = population_speed(
-                args.clients, args.samples, args.rate, args.rounds, args.dataset, overrides
+                clients, args.samples, args.rate, args.rounds, args.dataset, overrides
             )
+        elif args.secagg_step:
+            clients = 4 if args.clients is None else args.clients
+            if not 2 <= clients <= 1000:
+                raise ConfigError("--clients", f"must be in [2, 1000], got {clients}")
+            if not 1 <= args.dim <= 10_000_000:
+                raise ConfigError("--dim", f"must be in [1, 10000000], got {args.dim}")
+            if not 1 <= args.steps <= 10_000:
+                raise ConfigError("--steps", f"must be in [1, 10000], got {args.steps}")
+            if not 0 <= args.gap_ms <= 60_000:
+                raise ConfigError("--gap-ms", f"must be in [0, 60000], got {args.gap_ms}")
+            result = secagg_step_speed(clients, args.dim, args.steps, args.gap_ms)
         else:
             try:
                 cohorts = [int(v) for v in args.cohorts.split(",")]

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from securedream.dreams.bn_hooks import BatchNormStatistics
+from securedream.dreams.terms import LossTerms
 from securedream.privacy.feature_stats import FeatureStatisticsLoss, LayerTarget
 
 
@@ -66,7 +67,7 @@ def dream_loss(
     *,
     use_bn: bool = True,
     feature_targets: list[LayerTarget] | None = None,
-) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+) -> tuple[torch.Tensor, LossTerms, torch.Tensor]:
     """L_k(x) for one client's model; returns (loss, unweighted terms for logging, logits).
 
     The model must be in eval mode: BatchNorm then normalises with its running statistics, which
@@ -111,14 +112,17 @@ def dream_loss(
         + weights.feature * feature
         + weights.target * target
     )
-    terms = {
-        "entropy": float(entropy.detach()),
-        "tv": float(tv.detach()),
-        "l2": float(l2.detach()),
-        "bn": float(bn.detach()),
-        "diversity": float(diversity.detach()),
-        "feature": float(feature.detach()),
-        "target": float(target.detach()),
-        "total": float(loss.detach()),
-    }
+    # kept on the device until read (LossTerms): no host synchronisation inside a dream step
+    terms = LossTerms(
+        {
+            "entropy": entropy,
+            "tv": tv,
+            "l2": l2,
+            "bn": bn,
+            "diversity": diversity,
+            "feature": feature,
+            "target": target,
+            "total": loss,
+        }
+    )
     return loss, terms, logits

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from securedream.compute import DEFAULT as DEFAULT_COMPUTE
+from securedream.compute import ComputeSettings
 from securedream.dreams import DreamLossWeights
 from securedream.models import build_model
 from securedream.population.stacked import StackedGroup
@@ -68,6 +70,7 @@ class Population:
         seed: int,
         training: LocalTrainingConfig,
         device: torch.device,
+        compute: ComputeSettings = DEFAULT_COMPUTE,
     ) -> None:
         if not len(model_names) == len(data_x) == len(data_y):
             raise ValueError("model_names, data_x and data_y: one entry per client")
@@ -95,7 +98,7 @@ class Population:
                 )
                 for k in ids
             ]
-            self.groups.append(StackedGroup(models, device))
+            self.groups.append(StackedGroup(models, device, compute=compute))
             self.group_ids.append(torch.tensor(ids, dtype=torch.long))
             self.group_x.append(torch.stack([data_x[k] for k in ids]).to(device))
             self.group_y.append(torch.stack([data_y[k] for k in ids]).to(device))

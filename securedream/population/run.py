@@ -21,6 +21,7 @@ import torch
 
 from securedream.aggregation import AggregateResult, Aggregator, Channel, PlainAggregator
 from securedream.comm import CommLedger
+from securedream.compute import ComputeSettings
 from securedream.config import RunConfig, config_to_dict
 from securedream.data import load_dataset, split_for_config
 from securedream.dreams import DreamLossWeights
@@ -81,6 +82,8 @@ class PopulationExperiment:
         self.training = LocalTrainingConfig(
             cfg.clients.lr, cfg.clients.momentum, cfg.clients.weight_decay, cfg.clients.batch_size
         )
+        compute = ComputeSettings.from_config(cfg)
+        compute.check_device(self.device)
         self.population = Population(
             cfg.client_models(),
             [self.data.train_x[i] for i in idx],
@@ -91,6 +94,7 @@ class PopulationExperiment:
             seed=cfg.seed,
             training=self.training,
             device=self.device,
+            compute=compute,
         )
         self.population.votes = cfg.dreams.soft_labels == "votes"
         c = cfg.clients

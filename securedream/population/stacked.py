@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from securedream.compute import DEFAULT as DEFAULT_COMPUTE
+from securedream.compute import ComputeSettings
 from securedream.dreams import DreamLossWeights
 from securedream.dreams.bn_hooks import BatchNormStatistics
 from securedream.dreams.losses import (
@@ -31,6 +33,7 @@ from securedream.dreams.losses import (
     mean_entropy,
     total_variation,
 )
+from securedream.dreams.terms import LossTerms
 from securedream.rounds.client import DistillSettings, LocalTrainingConfig, kd_loss
 
 Tensors = dict[str, torch.Tensor]
@@ -46,17 +49,25 @@ class DreamTerms:
 
     values: Tensors
 
-    def mean(self) -> dict[str, float]:
-        return {k: float(v.mean()) for k, v in self.values.items()}
+    def mean(self) -> LossTerms:
+        """Cohort means, left on the device until read (no host sync inside a dream step)."""
+        return LossTerms({k: v.mean() for k, v in self.values.items()})
 
 
 class StackedGroup:
     """G models of one architecture: parameters and buffers stacked along a leading client axis."""
 
-    def __init__(self, models: Sequence[nn.Module], device: torch.device) -> None:
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        device: torch.device,
+        *,
+        compute: ComputeSettings = DEFAULT_COMPUTE,
+    ) -> None:
         if not models:
             raise ValueError("models: a stacked group needs at least one model")
         self.device = device
+        self.compute = compute  # bf16 autocast around every forward pass (compute.py)
         self.template = copy.deepcopy(models[0]).to(device)
         self.size = len(models)
         names = [n for n, _ in self.template.named_parameters()]
@@ -87,13 +98,18 @@ class StackedGroup:
         model.load_state_dict(state)
         return model
 
+    def _forward(self, params: Tensors, buffers: Tensors, x: torch.Tensor) -> torch.Tensor:
+        """One client's forward pass (under ``vmap``), in the configured precision."""
+        with self.compute.autocast_context(self.device):
+            return functional_call(self.template, (params, buffers), (x,))
+
     # --- dreaming -----------------------------------------------------------------------------
     def _dream_objective(
         self, params: Tensors, buffers: Tensors, x: torch.Tensor, weights: DreamLossWeights
     ) -> tuple[torch.Tensor, Tensors]:
         stats = BatchNormStatistics(self.template)
         with stats:
-            logits = functional_call(self.template, (params, buffers), (x,))
+            logits = self._forward(params, buffers, x)
         entropy = mean_entropy(logits)
         tv = total_variation(x)
         l2 = l2_prior(x)
@@ -159,9 +175,9 @@ class StackedGroup:
         self.template.eval()
         params, buffers = self._subset(rows)
         x = x.to(self.device)
-        return vmap(
-            lambda p, b: functional_call(self.template, (p, b), (x,)), chunk_size=VMAP_CHUNK
-        )(params, buffers)
+        return vmap(lambda p, b: self._forward(p, b, x).float(), chunk_size=VMAP_CHUNK)(
+            params, buffers
+        )
 
     # --- training -----------------------------------------------------------------------------
     def _sgd_step(
@@ -204,7 +220,7 @@ class StackedGroup:
 
     def _ce(self, p: Tensors, b: Tensors, x: torch.Tensor, y: torch.Tensor):
         b = {n: t.clone() for n, t in b.items()}  # BN updates these in place in train mode
-        logits = functional_call(self.template, (p, b), (x,))
+        logits = self._forward(p, b, x)
         loss = F.cross_entropy(logits, y)
         return loss, (loss.detach(), b)
 
@@ -255,13 +271,9 @@ class StackedGroup:
         with_local: bool,
     ):
         b = {n: t.clone() for n, t in b.items()}
-        loss = settings.kd_weight * kd_loss(
-            functional_call(self.template, (p, b), (xd,)), soft, settings.temperature
-        )
+        loss = settings.kd_weight * kd_loss(self._forward(p, b, xd), soft, settings.temperature)
         if with_local:
-            loss = loss + settings.ce_weight * F.cross_entropy(
-                functional_call(self.template, (p, b), (xl,)), yl
-            )
+            loss = loss + settings.ce_weight * F.cross_entropy(self._forward(p, b, xl), yl)
         return loss, (loss.detach(), b)
 
     def distill(

@@ -7,7 +7,7 @@ the dream buffer. Everything it returns to the server goes through the aggregato
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from securedream.compute import DEFAULT as DEFAULT_COMPUTE
+from securedream.compute import ComputeSettings
 from securedream.dreams import DreamLossWeights, dream_loss
 
 if TYPE_CHECKING:
@@ -73,9 +75,12 @@ class ModelTrainer:
         train_y: torch.Tensor,
         training: LocalTrainingConfig,
         device: torch.device,
+        *,
+        compute: ComputeSettings = DEFAULT_COMPUTE,
     ) -> None:
         self.device = device
-        self.model = model.to(device)
+        self.compute = compute  # autocast / channels_last where the model runs (compute.py)
+        self.model = compute.model(model.to(device))
         self.train_x = train_x.to(device)
         self.train_y = train_y.to(device)
         self.training = training
@@ -135,7 +140,9 @@ class ModelTrainer:
             for idx in minibatches(self.num_samples, self.training.batch_size, generator):
                 idx = idx.to(self.device)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(self.model(self.train_x[idx]), self.train_y[idx])
+                with self.compute.autocast_context(self.device):
+                    logits = self.model(self.compute.inputs(self.train_x[idx]))
+                    loss = F.cross_entropy(logits, self.train_y[idx])
                 loss.backward()
                 self.optimizer.step()
                 total += float(loss.detach()) * len(idx)
@@ -168,6 +175,22 @@ class ModelTrainer:
             self.distill_optimizer.load_state_dict(state["distill_optimizer"])  # type: ignore[arg-type]
 
 
+def _client_dream_loss(
+    client: CoDreamClient, x: torch.Tensor, weights: DreamLossWeights
+) -> tuple[torch.Tensor, Mapping[str, float]]:
+    """The client's dream objective at ``x``, in its configured precision (a function, not a
+    method: the Flower engine's ``DreamView`` borrows the dream methods without the class)."""
+    with client.compute.autocast_context(client.device):
+        loss, terms, _ = dream_loss(
+            client.model,
+            x,
+            weights,
+            use_bn=client.use_bn_term,
+            feature_targets=client.feature_targets,
+        )
+    return loss, terms
+
+
 class CoDreamClient(ModelTrainer):
     """A ModelTrainer that also dreams and distils."""
 
@@ -181,8 +204,9 @@ class CoDreamClient(ModelTrainer):
         device: torch.device,
         *,
         use_bn_term: bool = True,
+        compute: ComputeSettings = DEFAULT_COMPUTE,
     ) -> None:
-        super().__init__(model, train_x, train_y, training, device)
+        super().__init__(model, train_x, train_y, training, device, compute=compute)
         self.client_id = client_id
         self.use_bn_term = use_bn_term
         # this round's feature-statistics targets (privacy.feature_stats); kept by the client only
@@ -215,42 +239,36 @@ class CoDreamClient(ModelTrainer):
 
     def dream_gradient(
         self, dreams: torch.Tensor, weights: DreamLossWeights
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, Mapping[str, float]]:
         """∂L_k/∂x at the broadcast dreams; only the dreams receive gradient."""
         self._frozen_eval()
-        x = dreams.detach().to(self.device).requires_grad_(True)
-        loss, terms, _ = dream_loss(
-            self.model, x, weights, use_bn=self.use_bn_term, feature_targets=self.feature_targets
-        )
+        x = self.compute.inputs(dreams.detach().to(self.device)).requires_grad_(True)
+        loss, terms = _client_dream_loss(self, x, weights)
         (grad,) = torch.autograd.grad(loss, [x])
-        return grad.detach(), terms
+        return grad.detach().contiguous(), terms
 
     def dream_delta(
         self, dreams: torch.Tensor, weights: DreamLossWeights, steps: int, lr: float
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, Mapping[str, float]]:
         """Run ``steps`` local Adam steps on a private copy and return the change in x."""
         self._frozen_eval()
         start = dreams.detach().to(self.device)
-        x = start.clone().requires_grad_(True)
+        x = self.compute.inputs(start.clone()).requires_grad_(True)
         optimizer = torch.optim.Adam([x], lr=lr)
-        terms: dict[str, float] = {}
+        terms: Mapping[str, float] = {}
         for _ in range(steps):
-            loss, terms, _ = dream_loss(
-                self.model,
-                x,
-                weights,
-                use_bn=self.use_bn_term,
-                feature_targets=self.feature_targets,
-            )
+            loss, terms = _client_dream_loss(self, x, weights)
             (grad,) = torch.autograd.grad(loss, [x])
             x.grad = grad
             optimizer.step()
-        return (x.detach() - start), terms
+        return (x.detach() - start).contiguous(), terms
 
     @torch.no_grad()
     def dream_logits(self, dreams: torch.Tensor) -> torch.Tensor:
         self._frozen_eval()
-        return self.model(dreams.to(self.device)).detach()
+        with self.compute.autocast_context(self.device):
+            logits = self.model(self.compute.inputs(dreams.to(self.device)))
+        return logits.detach().float()  # what leaves the client is float32 whatever ran inside
 
     def distill(
         self,
@@ -279,14 +297,18 @@ class CoDreamClient(ModelTrainer):
                 for i, idx in enumerate(minibatches(len(dreams), settings.batch_size, generator)):
                     idx = idx.to(self.device)
                     self.distill_optimizer.zero_grad(set_to_none=True)
-                    loss = settings.kd_weight * kd_loss(
-                        self.model(dreams[idx]), soft[idx], settings.temperature
-                    )
-                    if with_local_data and settings.ce_weight > 0 and self.num_samples > 0:
-                        local = local_batches[i % len(local_batches)].to(self.device)
-                        loss = loss + settings.ce_weight * F.cross_entropy(
-                            self.model(self.train_x[local]), self.train_y[local]
+                    with self.compute.autocast_context(self.device):
+                        loss = settings.kd_weight * kd_loss(
+                            self.model(self.compute.inputs(dreams[idx])),
+                            soft[idx],
+                            settings.temperature,
                         )
+                        if with_local_data and settings.ce_weight > 0 and self.num_samples > 0:
+                            local = local_batches[i % len(local_batches)].to(self.device)
+                            loss = loss + settings.ce_weight * F.cross_entropy(
+                                self.model(self.compute.inputs(self.train_x[local])),
+                                self.train_y[local],
+                            )
                     loss.backward()
                     if settings.clip_grad_norm > 0:
                         nn.utils.clip_grad_norm_(self.model.parameters(), settings.clip_grad_norm)

@@ -20,6 +20,7 @@ import torch
 from securedream.aggregation import Aggregator, Channel
 from securedream.comm import CommLedger, tensor_bytes
 from securedream.dreams import DreamLossWeights
+from securedream.dreams.terms import LossTerms
 
 
 class DreamingClient(Protocol):
@@ -60,8 +61,8 @@ class DreamSum:
 
     total: torch.Tensor
     contributors: tuple[int, ...]
-    terms: dict[str, float] = field(default_factory=dict)
-    norms: tuple[float, ...] = ()
+    terms: Mapping[str, float] = field(default_factory=dict)
+    norms: tuple[float | torch.Tensor, ...] = ()  # device tensors in-process (read once a round)
 
 
 class Cohort(Protocol):
@@ -100,9 +101,12 @@ class Cohort(Protocol):
         """Engine facts for the round record (Flower: roster and messages)."""
 
 
-def mean_terms(per_client: Sequence[Mapping[str, float]]) -> dict[str, float]:
+def mean_terms(per_client: Sequence[Mapping[str, float]]) -> Mapping[str, float]:
+    """Mean of each dream-loss term over the clients, left on the device where they are."""
     if not per_client:
         return {}
+    if all(isinstance(t, LossTerms) for t in per_client):
+        return LossTerms.mean(per_client)  # type: ignore[arg-type]
     keys = per_client[0].keys()
     return {k: sum(t[k] for t in per_client) / len(per_client) for k in keys}
 
@@ -154,14 +158,14 @@ class InProcessCohort:
         dreams, channel = request.dreams, request.channel
         self.ledger.received([c.client_id for c in active], tensor_bytes(dreams), "dreams")
         responses: dict[int, torch.Tensor] = {}
-        terms: list[dict[str, float]] = []
+        terms: list[Mapping[str, float]] = []
         for client in active:
             value, client_terms = answer(client, request)
             responses[client.client_id] = value.to(dreams.device)
             terms.append(client_terms)
-        norms: tuple[float, ...] = ()
-        if self.per_client_diagnostics:
-            norms = tuple(float(torch.linalg.vector_norm(v)) for v in responses.values())
+        norms: tuple[torch.Tensor, ...] = ()
+        if self.per_client_diagnostics:  # kept on the device: no host synchronisation per step
+            norms = tuple(torch.linalg.vector_norm(v.detach()).double() for v in responses.values())
         result = self.aggregator.aggregate(responses, channel=channel, step=request.step)
         self.ledger.sent(result.bytes_up, channel.value)
         self.ledger.received_each(result.bytes_down, channel.value)

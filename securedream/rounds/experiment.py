@@ -16,6 +16,7 @@ import torch
 
 from securedream.aggregation import Aggregator, PlainAggregator
 from securedream.comm import CommLedger
+from securedream.compute import ComputeSettings
 from securedream.config import RunConfig
 from securedream.data import DatasetBundle, load_dataset, split_for_config
 from securedream.dreams import DreamLossWeights
@@ -46,6 +47,8 @@ class Experiment:
     def __init__(self, cfg: RunConfig, *, aggregator: Aggregator | None = None) -> None:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        self.compute = ComputeSettings.from_config(cfg)
+        self.compute.check_device(self.device)
         self.data: DatasetBundle = load_dataset(
             cfg.data.dataset,
             seed=cfg.seed,
@@ -146,6 +149,7 @@ class Experiment:
             self.data.train_y[indices],
             self.training,
             self.device,
+            compute=self.compute,
         )
 
     def _build_student(self) -> CoDreamClient | None:
@@ -154,7 +158,9 @@ class Experiment:
         model = self._model(self.cfg.dreams.server_model, "server")
         empty_x = self.data.train_x[:0]
         empty_y = self.data.train_y[:0]
-        return CoDreamClient(-1, model, empty_x, empty_y, self.training, self.device)
+        return CoDreamClient(
+            -1, model, empty_x, empty_y, self.training, self.device, compute=self.compute
+        )
 
     # --- settings views -----------------------------------------------------------------------
     def dream_weights(self) -> DreamLossWeights:

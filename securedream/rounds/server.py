@@ -8,7 +8,7 @@ the same way: those are the soft labels.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -50,7 +50,7 @@ class DreamingSettings:
 @dataclass
 class DreamingOutcome:
     snapshots: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
-    final_terms: dict[str, float] = field(default_factory=dict)
+    final_terms: Mapping[str, float] = field(default_factory=dict)
     aggregations: int = 0
     # mean L2 norm of one client's contribution per channel: what privacy.clip_* should be near
     # (collected only when the run discloses per-client diagnostics)
@@ -66,14 +66,25 @@ def snapshot_steps(steps: int, snapshots: int) -> set[int]:
 
 
 def _track_norms(outcome: DreamingOutcome, channel: str, answer: DreamSum) -> None:
-    """Running mean over the round of the mean client contribution norm on ``channel``."""
+    """Running mean over the round of the mean client contribution norm on ``channel``.
+
+    In-process the norms are device tensors: the mean stays on the device during the round (no
+    host synchronisation per step) and :func:`_finish_norms` reads it once.
+    """
     if not answer.norms:
         return
-    current = sum(answer.norms) / len(answer.norms)
+    current = answer.norms[0]
+    for norm in answer.norms[1:]:  # in order: the figures a float() per client gave
+        current = current + norm
+    current = current / len(answer.norms)
     count = outcome.norm_counts.get(channel, 0)
     previous = outcome.contribution_norms.get(channel, 0.0)
-    outcome.contribution_norms[channel] = (previous * count + current) / (count + 1)
+    outcome.contribution_norms[channel] = (previous * count + current) / (count + 1)  # type: ignore[assignment]
     outcome.norm_counts[channel] = count + 1
+
+
+def _finish_norms(outcome: DreamingOutcome) -> None:
+    outcome.contribution_norms = {k: float(v) for k, v in outcome.contribution_norms.items()}
 
 
 def student_entropy_ascent(
@@ -175,4 +186,6 @@ def dream_over(
             outcome.snapshots.append((snapshot.clone(), soft))
         if on_step is not None:
             on_step(step)
+    outcome.final_terms = dict(outcome.final_terms)  # the last step's, read once after the loop
+    _finish_norms(outcome)
     return outcome

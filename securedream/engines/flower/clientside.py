@@ -43,6 +43,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 import protocols
 from securedream.aggregation import Channel
 from securedream.aggregation.secure import channel_range, protocol_config
+from securedream.compute import ComputeSettings
 from securedream.config import RunConfig, config_from_dict
 from securedream.contribution import encode_contribution, rounding_stream
 from securedream.data import DatasetBundle, load_dataset, split_for_config
@@ -171,8 +172,11 @@ class DreamView:
     dream_delta = CoDreamClient.dream_delta
     dream_logits = CoDreamClient.dream_logits
 
-    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
-        self.model = model
+    def __init__(
+        self, model: torch.nn.Module, device: torch.device, compute: ComputeSettings
+    ) -> None:
+        self.compute = compute
+        self.model = compute.model(model)
         self.device = device
         self.use_bn_term = True
         self.feature_targets = None  # feature statistics are refused on the flower engine
@@ -291,6 +295,7 @@ class NodeRuntime:
                 data.train_y[indices],
                 training,
                 self.device,
+                compute=ComputeSettings.from_config(cfg),
             )
             if self._saved_optim is not None:
                 _load_optim_state(trainer.optimizer, self._saved_optim)
@@ -523,7 +528,9 @@ class NodeRuntime:
             if replies:
                 raise SecureDreamError(f"client {self.k}: unexpected protocol replies")
         terms: dict[str, float] = {}
-        view = self._trainer or DreamView(self.model, self.device)
+        view = self._trainer or DreamView(
+            self.model, self.device, ComputeSettings.from_config(self.cfg)
+        )
         if kind == m.GRADIENT:
             value, terms = view.dream_gradient(dreams, m.weights_from_config(cfg))
         elif kind == m.DELTA:
