@@ -65,7 +65,9 @@ PROTOCOL_FIELDS: dict[str, dict[str, set[str]]] = {
     m.TRAIN: {"cfg": set()},
     m.DREAM: {"cfg": {"withheld"}, "proto": {"out"}},
     m.SECAGG: {"cfg": {"aborted"}, "proto": {"out"}},
-    m.DISTILL: {"cfg": {"buffer"}},
+    # "trained": the round index the node trained for when the next round's training rode on
+    # this message (server-chosen, bookkeeping)
+    m.DISTILL: {"cfg": {"buffer", "trained"}},
 }
 # without secure aggregation the contribution itself is the protected-sum input (central DP: the
 # server clips and noises it); with secure aggregation it only ever travels masked, in "proto"
@@ -85,6 +87,7 @@ PER_CLIENT_METRIC_FIELDS = {
     *[(m.DREAM, "terms", t) for t in DREAM_TERMS],
     (m.DISTILL, "cfg", "loss"),
     (m.DISTILL, "cfg", "accuracy"),
+    (m.DISTILL, "cfg", "train_loss"),  # the next round's training, riding on DISTILL
 }
 LABEL_HISTOGRAM_FIELDS = {(m.HELLO, "cfg", "samples"), (m.HELLO, "cfg", "histogram")}
 
