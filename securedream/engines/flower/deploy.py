@@ -173,6 +173,8 @@ class LocalFederation:
             [
                 "flower-superlink",
                 "--insecure",
+                "--host",
+                "127.0.0.1",  # insecure mode: loopback only, whatever flwr's default becomes
                 "--port",
                 str(self.port),
                 "--database",

@@ -190,8 +190,6 @@ class ClientAppWorker:
         from flwr.supercore.constant import TaskType
         from flwr.supernode.servicer.runtime import runtime_handlers
 
-        import securedream.engines.flower.client_app  # noqa: F401  (torch etc.: before any task)
-
         request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
         while True:
             self.signals.task.clear()  # a message stored from here on wakes the wait below
@@ -270,6 +268,10 @@ def main(argv: Sequence[str] | None = None, *, start: Callable[[], None] | None 
     from flwr.supernode.runtime import run_clientapp
 
     short_object_backoff(run_clientapp)
+    # torch, flwr's app modules and securedream before the node registers with the SuperLink: a
+    # restarted node that the server greets must answer within the request timeout, not import
+    import securedream.engines.flower.client_app  # noqa: F401
+
     worker = ClientAppWorker(signals)
     threading.Thread(target=worker.serve_forever, name="clientapp-worker", daemon=True).start()
     sys.argv = ["flower-supernode", *rest, "--isolation", "process"]
