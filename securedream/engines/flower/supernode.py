@@ -268,8 +268,13 @@ def main(argv: Sequence[str] | None = None, *, start: Callable[[], None] | None 
     from flwr.supernode.runtime import run_clientapp
 
     short_object_backoff(run_clientapp)
-    # torch, flwr's app modules and securedream before the node registers with the SuperLink: a
-    # restarted node that the server greets must answer within the request timeout, not import
+    # torch, flwr's app modules, securedream and the dataset loaders' libraries (imported lazily
+    # by securedream.data) before the node registers with the SuperLink: a restarted node that the
+    # server greets must answer its HELLO within the request timeout, not spend it importing
+    import sklearn.datasets
+    import sklearn.model_selection  # noqa: F401
+    import torchvision.datasets  # noqa: F401
+
     import securedream.engines.flower.client_app  # noqa: F401
 
     worker = ClientAppWorker(signals)
