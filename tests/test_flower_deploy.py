@@ -5,8 +5,8 @@ long-lived ClientApp worker in the node's process, its protocol client also save
 ``Context.state`` with ``protocols.Client.to_bytes`` after every message). One SuperNode is killed
 (SIGKILL, its whole process group) right after the first secure aggregation: it stops answering,
 the server fails it after the exchange timeout (30 s here), which is a protocol dropout, and the
-round completes with the two survivors (t = 2); the node, started again, takes part in the next
-round.
+round completes with the two survivors (t = 2); the node, started again, takes part from the first
+round that starts after it is up, to the end of the run (4 rounds).
 
 Slow (a few minutes on a loaded two-core machine; mostly the 30 s timeout and process start-up)::
 
@@ -50,7 +50,7 @@ def test_superlink_and_three_supernodes_survive_a_killed_node(tmp_path) -> None:
     cfg = resolve_config(
         preset="smoke",
         overrides=[
-            "rounds=2",
+            "rounds=4",  # the restarted node rejoins at the first round start after it is up
             "dreams.global_steps=2",
             "dreams.batch_size=16",
             "data.samples_per_client=80",
@@ -81,13 +81,16 @@ def test_superlink_and_three_supernodes_survive_a_killed_node(tmp_path) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     records = RunFolder(out).read_metrics()
-    assert [r["round"] for r in records] == [0, 1]
-    round0, round1 = records
+    assert [r["round"] for r in records] == [0, 1, 2, 3]
+    round0, last = records[0], records[-1]
     assert "2" in round0["flower"]["dropped"]
     assert round0["client_accuracy"][2] is None
     assert round0["client_accuracy"][0] is not None and round0["client_accuracy"][1] is not None
     assert round0["stage_seconds"]["secure_aggregation"] > 0
-    assert round1["flower"]["clients"] == [0, 1, 2]
-    assert round1["flower"]["dropped"] == {}
-    assert all(a is not None for a in round1["client_accuracy"])
-    assert summary["rounds"] == 2
+    # a restart imports torch and securedream first (a minute on a loaded two-core machine), so
+    # which round it rejoins depends on the load; once back it stays
+    back = [r["round"] for r in records[1:] if r["flower"]["clients"] == [0, 1, 2]]
+    assert back and back == list(range(back[0], 4))
+    assert last["flower"]["dropped"] == {}
+    assert all(a is not None for a in last["client_accuracy"])
+    assert summary["rounds"] == 4

@@ -6,6 +6,7 @@ tests/test_bench_engines.py, both ``-m slow``).
 
 from __future__ import annotations
 
+import threading
 import time
 import types
 
@@ -44,12 +45,51 @@ def test_launcher_refuses_before_starting_anything(args) -> None:
     assert started == []
 
 
-def test_capped_time_caps_only_sleep() -> None:
-    capped = supernode._capped_time(0.01)
+def test_idle_wait_backs_off_to_the_cap_and_restarts_after_a_message() -> None:
+    signals = supernode.NodeSignals(0.02, floor=0.005)
+    waits = []
+    for _ in range(6):
+        waits.append(signals.idle)
+        signals.sleep(3)  # flwr's idle sleep after an empty pull
+    assert waits[0] == 0.005 and waits[1] == 0.0075 and max(waits) == 0.02
+    assert signals.pulled(None, state="s") is None and not signals.task.is_set()
+    assert signals.pulled(7, state="s") == 7 and signals.task.is_set()
+    assert signals.idle == 0.005 and signals.state == "s"
+
+
+def test_reply_wait_returns_when_the_worker_replies() -> None:
+    signals = supernode.NodeSignals(3.0)
+    threading.Timer(0.05, signals.replied).start()
     t0 = time.monotonic()
-    capped.sleep(3)
-    assert time.monotonic() - t0 < 1.0
-    assert capped.monotonic is time.monotonic and capped.time is time.time
+    signals.sleep(0.5)  # flwr's wait for the reply: ends at the reply, not after 0.5 s
+    assert time.monotonic() - t0 < 0.4
+    assert not signals.reply.is_set()  # consumed: the next wait waits again
+    t0 = time.monotonic()
+    signals.sleep(0.5)
+    assert time.monotonic() - t0 >= 0.45
+    fast = supernode.NodeSignals(0.01)
+    t0 = time.monotonic()
+    fast.time_module().sleep(0.5)  # capped at --poll-cap without a reply
+    assert time.monotonic() - t0 < 0.4
+    assert fast.time_module().monotonic is time.monotonic
+
+
+def test_direct_runtime_calls_the_nodes_own_runtime_api_handlers() -> None:
+    from flwr.supercore.servicer.runtime import runtime_handlers as core
+    from flwr.supernode.servicer.runtime import runtime_handlers as node
+
+    for name, handler in supernode.DirectRuntime._HANDLERS.items():
+        assert hasattr(node, handler) or hasattr(core, handler), name
+    calls = []
+    original = node.pull_object
+    node.pull_object = lambda request, state, task: calls.append((request, state, task)) or "ok"
+    try:
+        assert supernode.DirectRuntime("state", "task").PullObject("req") == "ok"
+    finally:
+        node.pull_object = original
+    assert calls == [("req", "state", "task")]
+    with pytest.raises(AttributeError):
+        supernode.DirectRuntime("state", "task").GetNodes  # noqa: B018  (not a ClientApp call)
 
 
 def test_short_object_backoff_patches_the_named_pull_functions() -> None:

@@ -127,7 +127,7 @@ class LocalFederation:
     the SuperExec and ClientApp processes it started, and :meth:`close` ends everything it started.
     """
 
-    def __init__(self, workdir: str | Path, num_nodes: int, *, poll_cap: float = 0.05) -> None:
+    def __init__(self, workdir: str | Path, num_nodes: int, *, poll_cap: float = 0.2) -> None:
         self.workdir = Path(workdir)
         self.poll_cap = poll_cap
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -173,6 +173,8 @@ class LocalFederation:
             [
                 "flower-superlink",
                 "--insecure",
+                "--host",
+                "127.0.0.1",  # insecure mode: loopback only, whatever flwr's default becomes
                 "--port",
                 str(self.port),
                 "--database",
