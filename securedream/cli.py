@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     bench_sub.add_parser("speed", help="dream-step, training and SecAgg times", add_help=False)
+    sub.add_parser(
+        "deploy",
+        help="Flower deployment: `local` starts a SuperLink and N SuperNodes on localhost and runs; "
+        "`app DIR` writes a Flower App for a SuperLink of your own",
+        add_help=False,
+    )
     private = bench_sub.add_parser(
         "private", help="plain vs SecAgg vs SecAgg + DP (central, distributed) at several ε"
     )
@@ -285,6 +291,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from securedream.bench.speed import main as speed_main
 
         return speed_main(argv[2:])
+    if argv[:1] == ["deploy"]:  # own parser (securedream.engines.flower.deploy)
+        from securedream.engines.flower.deploy import main as deploy_main
+
+        try:
+            return deploy_main(argv[1:], prog="securedream deploy")
+        except SecureDreamError as exc:
+            print(f"securedream: error: {exc}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet_library_warnings()

@@ -161,3 +161,12 @@ def test_round_seconds_leaves_nested_stages_out() -> None:
 
     stages = {"dreaming": 10.0, "secure_aggregation": 2.0, "dp_noise": 1.0, "evaluation": 0.5}
     assert round_seconds(stages) == pytest.approx(10.5)
+
+
+def test_deploy_command_writes_an_app_and_refuses_bad_config(tmp_path, capsys) -> None:
+    """`securedream deploy` forwards to the Flower launcher; a bad config is one line, exit 2."""
+    assert main(["deploy", "app", str(tmp_path / "app"), "--preset", "smoke"]) == 0
+    assert (tmp_path / "app" / "pyproject.toml").is_file()
+    rc = main(["deploy", "local", "--preset", "smoke", "--set", "clients.count=0", "--out", "x"])
+    assert rc == 2
+    assert "clients.count" in capsys.readouterr().err

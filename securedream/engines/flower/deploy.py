@@ -283,8 +283,12 @@ class LocalFederation:
         self.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m securedream.engines.flower.deploy")
+def main(
+    argv: Sequence[str] | None = None, prog: str = "python -m securedream.engines.flower.deploy"
+) -> int:
+    """`local`: a SuperLink and one SuperNode per client on localhost, then the run; `app`: a
+    Flower App folder to run against a SuperLink of your own (docs/distributed.md)."""
+    parser = argparse.ArgumentParser(prog=prog)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("app", "local"):
         p = sub.add_parser(name)
