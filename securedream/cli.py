@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub.add_parser("speed", help="dream-step, training and SecAgg times", add_help=False)
     sub.add_parser(
         "deploy",
-        help="Flower deployment: `local` starts a SuperLink and N SuperNodes on localhost and runs; "
+        help="Flower deployment: `local` starts a SuperLink and N SuperNodes on localhost and "
+        "runs; "
         "`app DIR` writes a Flower App for a SuperLink of your own",
         add_help=False,
     )
