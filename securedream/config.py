@@ -403,14 +403,33 @@ def _validate_population(cfg: RunConfig) -> None:
         return
     if cfg.method != "codream":
         raise ConfigError("clients.population", f"applies to method codream, not {cfg.method!r}")
-    if cfg.secure_aggregation.enabled or cfg.privacy.placement != "off" or cfg.privacy.sample_level:
-        raise ConfigError(
-            "clients.population",
-            "secure or private population runs are not implemented yet (set it false, or turn "
-            "off secure_aggregation.enabled, privacy.placement and privacy.sample_level)",
-        )
+    _validate_private_population(cfg)
     if cfg.dreams.adaptive:
         raise ConfigError("clients.population", "does not support dreams.adaptive yet")
+
+
+def _validate_private_population(cfg: RunConfig) -> None:
+    """Population runs support secure aggregation per cohort and distributed DP on top of it
+    (securedream.population.private); the other mechanisms are refused, naming the key."""
+    p, sa = cfg.privacy, cfg.secure_aggregation
+    if p.sample_level or p.feature_stats:
+        raise ConfigError("privacy.sample_level", "is not supported with clients.population")
+    if p.placement == "central":
+        raise ConfigError(
+            "privacy.placement",
+            'population runs support "distributed" (DP against the server) or "off", not central',
+        )
+    if p.placement != "off" and p.max_epsilon > 0:
+        raise ConfigError("privacy.max_epsilon", "is not supported with clients.population")
+    if p.placement != "off" and cfg.clients.sampling != "release":
+        raise ConfigError(
+            "clients.sampling", 'private population runs sample per release ("release")'
+        )
+    if sa.enabled and (sa.dropout_rate > 0 or sa.dropouts):
+        raise ConfigError(
+            "secure_aggregation.dropout_rate",
+            "simulated dropouts are not supported with clients.population (set 0 and [])",
+        )
 
 
 def _validate_diagnostics(cfg: RunConfig) -> None:

@@ -209,7 +209,7 @@ def test_sampled_accounting_matches_opacus_and_review() -> None:
     ("overrides", "key"),
     [
         (["clients.sample_rate=0.5"], "clients.sample_rate"),
-        (["clients.population=true", 'privacy.placement="central"'], "clients.population"),
+        (["clients.population=true", 'privacy.placement="central"'], "privacy.placement"),
         (["clients.population=true", "clients.sample_rate=0"], "clients.sample_rate"),
         (["clients.population=true", 'clients.sampling="epoch"'], "clients.sampling"),
     ],
