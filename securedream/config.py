@@ -112,6 +112,9 @@ class DreamsConfig:
     soft_labels: str = _spec(
         "logits", choices=("logits", "votes"), help="release logits, or one-hot votes (population)"
     )
+    vote_sharpness: float = _spec(
+        1.0, low=1.0, high=1000.0, help="votes: distil towards fractions^k, normalised (k >= 1)"
+    )
 
 
 @dataclass(frozen=True)
@@ -393,6 +396,8 @@ def _validate_population(cfg: RunConfig) -> None:
     c = cfg.clients
     if not c.population and cfg.dreams.soft_labels != "logits":
         raise ConfigError("dreams.soft_labels", "'votes' needs clients.population = true")
+    if cfg.dreams.soft_labels != "votes" and cfg.dreams.vote_sharpness != 1.0:
+        raise ConfigError("dreams.vote_sharpness", 'applies only with dreams.soft_labels = "votes"')
     if not c.population:
         for key, value, default in (
             ("sample_rate", c.sample_rate, 1.0),

@@ -207,3 +207,16 @@ def test_too_many_colluders_are_refused() -> None:
     )
     with pytest.raises(ConfigError, match=r"privacy\.colluders"):
         PopulationPrivacy(cfg, dream_dim=100, label_dim=10, dreams=4)
+
+
+def test_vote_sharpness_targets_fractions_to_the_power_k() -> None:
+    from securedream.population.votes import votes_to_logits
+
+    fractions = torch.tensor([[0.5, 0.3, 0.2, 0.0]])
+    t, k = 4.0, 3.0
+    target = torch.softmax(votes_to_logits(fractions, t, k) / t, dim=-1)
+    floored = fractions.clamp_min(1e-3)
+    expected = floored**k / (floored**k).sum()
+    torch.testing.assert_close(target, expected)
+    with pytest.raises(ConfigError, match=r"dreams\.vote_sharpness"):
+        resolve_config(preset="smoke", overrides=["dreams.vote_sharpness=2"])

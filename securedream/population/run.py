@@ -211,7 +211,8 @@ class PopulationExperiment:
         snapshots = outcome.snapshots
         if self.population.votes:  # vote fractions -> logits the distillation KL can target
             t = cfg.distill.temperature
-            snapshots = [(x, votes_to_logits(s, t)) for x, s in snapshots]
+            k = cfg.dreams.vote_sharpness
+            snapshots = [(x, votes_to_logits(s, t, k)) for x, s in snapshots]
         self.buffer.extend(snapshots)
 
         start = time.perf_counter()
