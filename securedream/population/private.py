@@ -273,7 +273,10 @@ class PopulationPrivacy:
             "how": {
                 "server": (
                     "no amplification (the server forms the cohorts): the J most costly recorded "
-                    "releases composed at every RDP order, J = participation_bound, at server_delta"
+                    "releases composed at every RDP order, J = participation_bound, at "
+                    "server_delta; J is the cap max_participations (enforced by the client, holds "
+                    "against any cohort choice) or, without a cap, the binomial tail bound, which "
+                    "assumes the server samples the cohorts as configured"
                 ),
                 "server+colluders": "as server, with the colluders' own noise shares removed",
                 "observer": (
@@ -295,6 +298,14 @@ class PopulationPrivacy:
             "not_protected": [
                 f"a server colluding with more than {self.colluders} clients",
                 "participation: the server forms the cohorts and knows who answered each release",
+                *(
+                    []
+                    if 0 < c.max_participations < self.units
+                    else [
+                        "a server that puts a client in more cohorts than sampling would: without "
+                        "clients.max_participations the server's ε assumes honest sampling"
+                    ]
+                ),
                 "the dreams and the soft labels are broadcast to every client",
                 "a client's own trained model (never released, but kept by the client)",
                 "local training is not sample-level private",
