@@ -67,23 +67,36 @@ def default_min_survivors(cfg: RunConfig) -> int:
 
 
 def cohort_threshold(cfg: RunConfig, members: int, floor: int) -> int:
-    """The protocol threshold t of a cohort session of ``members`` clients (explicit, or derived
-    and raised to the survivor floor where the graph allows it)."""
+    """The protocol threshold t of a cohort session of ``members`` clients.
+
+    Explicit ``secure_aggregation.threshold``, or derived by ``protocols`` with its default dropout
+    tolerance and raised to the survivor floor where the graph allows it. Where that t does not fit
+    the session's own graph (no simulated dropouts, so a sparser Harary graph for small cohorts),
+    the session's derived t is used.
+    """
     sa = cfg.secure_aggregation
 
-    def config(t: int | None) -> protocols.SecAggConfig:
+    def config(t: int | None, **dropout: float) -> protocols.SecAggConfig:
         return protocols.SecAggConfig(
-            num_clients=members, graph=sa.graph, degree=sa.neighbours or None, threshold=t
+            num_clients=members,
+            graph=sa.graph,
+            degree=sa.neighbours or None,
+            threshold=t,
+            **dropout,
         )
 
     try:
         derived = config(sa.threshold or None)
-        if sa.threshold:
-            return derived.t
+        t = derived.t
         wanted = min(floor, members)
-        if derived.t < wanted <= derived.k + 1:
-            return config(wanted).t
-        return derived.t
+        if not sa.threshold and derived.t < wanted <= derived.k + 1:
+            t = config(wanted).t
+        try:
+            return config(t, dropout_rate=0.0).t  # as SecureAggregator builds the session
+        except protocols.ConfigError:
+            if sa.threshold:
+                raise
+            return config(None, dropout_rate=0.0).t
     except protocols.ConfigError as exc:
         raise ConfigError("secure_aggregation", f"cohort of {members}: {exc}") from exc
 
