@@ -112,6 +112,9 @@ class DreamsConfig:
     soft_labels: str = _spec(
         "logits", choices=("logits", "votes"), help="release logits, or one-hot votes (population)"
     )
+    vote_sharpness: float = _spec(
+        1.0, low=1.0, high=1000.0, help="votes: distil towards fractions^k, normalised (k >= 1)"
+    )
 
 
 @dataclass(frozen=True)
@@ -406,6 +409,8 @@ def _validate_population(cfg: RunConfig) -> None:
     c = cfg.clients
     if not c.population and cfg.dreams.soft_labels != "logits":
         raise ConfigError("dreams.soft_labels", "'votes' needs clients.population = true")
+    if cfg.dreams.soft_labels != "votes" and cfg.dreams.vote_sharpness != 1.0:
+        raise ConfigError("dreams.vote_sharpness", 'applies only with dreams.soft_labels = "votes"')
     if not c.population:
         for key, value, default in (
             ("sample_rate", c.sample_rate, 1.0),
@@ -416,12 +421,7 @@ def _validate_population(cfg: RunConfig) -> None:
         return
     if cfg.method != "codream":
         raise ConfigError("clients.population", f"applies to method codream, not {cfg.method!r}")
-    if cfg.secure_aggregation.enabled or cfg.privacy.placement != "off" or cfg.privacy.sample_level:
-        raise ConfigError(
-            "clients.population",
-            "secure or private population runs are not implemented yet (set it false, or turn "
-            "off secure_aggregation.enabled, privacy.placement and privacy.sample_level)",
-        )
+    _validate_private_population(cfg)
     if cfg.dreams.adaptive:
         raise ConfigError("clients.population", "does not support dreams.adaptive yet")
 
@@ -447,6 +447,30 @@ def _validate_compute(cfg: RunConfig) -> None:
                     f"BatchNorm: torch's autocast does not cast BatchNorm under vmap, and "
                     f'{name!r} has BatchNorm (use cnn-gn models, or autocast = "off")',
                 )
+
+
+def _validate_private_population(cfg: RunConfig) -> None:
+    """Population runs support secure aggregation per cohort and distributed DP on top of it
+    (securedream.population.private); the other mechanisms are refused, naming the key."""
+    p, sa = cfg.privacy, cfg.secure_aggregation
+    if p.sample_level or p.feature_stats:
+        raise ConfigError("privacy.sample_level", "is not supported with clients.population")
+    if p.placement == "central":
+        raise ConfigError(
+            "privacy.placement",
+            'population runs support "distributed" (DP against the server) or "off", not central',
+        )
+    if p.placement != "off" and p.max_epsilon > 0:
+        raise ConfigError("privacy.max_epsilon", "is not supported with clients.population")
+    if p.placement != "off" and cfg.clients.sampling != "release":
+        raise ConfigError(
+            "clients.sampling", 'private population runs sample per release ("release")'
+        )
+    if sa.enabled and (sa.dropout_rate > 0 or sa.dropouts):
+        raise ConfigError(
+            "secure_aggregation.dropout_rate",
+            "simulated dropouts are not supported with clients.population (set 0 and [])",
+        )
 
 
 def _validate_diagnostics(cfg: RunConfig) -> None:

@@ -209,7 +209,7 @@ def test_sampled_accounting_matches_opacus_and_review() -> None:
     ("overrides", "key"),
     [
         (["clients.sample_rate=0.5"], "clients.sample_rate"),
-        (["clients.population=true", 'privacy.placement="central"'], "clients.population"),
+        (["clients.population=true", 'privacy.placement="central"'], "privacy.placement"),
         (["clients.population=true", "clients.sample_rate=0"], "clients.sample_rate"),
         (["clients.population=true", 'clients.sampling="epoch"'], "clients.sampling"),
     ],
@@ -235,7 +235,7 @@ def test_votes_have_sensitivity_sqrt_b_and_round_trip_to_logits() -> None:
     torch.testing.assert_close(target, floored / floored.sum(-1, keepdim=True))
 
 
-@pytest.mark.slow  # ~30 s unloaded (28x28 MNIST, two architectures, local dream steps)
+@pytest.mark.slow  # ~30 s unloaded (two architectures, local dream steps, SecAgg + DP)
 def test_cross_device_preset_runs_tiny_with_votes(tmp_path) -> None:
     from securedream.population.run import run_population
 
@@ -244,6 +244,8 @@ def test_cross_device_preset_runs_tiny_with_votes(tmp_path) -> None:
         overrides=[
             "clients.count=20",
             "clients.sample_rate=0.3",
+            "privacy.min_survivors=4",
+            "privacy.colluders=1",
             "dreams.global_steps=2",
             "dreams.local_steps=2",
             "rounds=1",
@@ -254,6 +256,7 @@ def test_cross_device_preset_runs_tiny_with_votes(tmp_path) -> None:
     assert cfg.dreams.soft_labels == "votes" and cfg.clients.population
     summary = run_population(cfg, tmp_path / "run")
     assert summary["engine"] == "population" and summary["architectures"] == 2
+    assert summary["epsilon_total"] is not None  # the preset is private (distributed DP)
     assert 0.0 <= summary["final_mean_accuracy"] <= 1.0
     with pytest.raises(ConfigError, match=r"dreams\.soft_labels"):
         resolve_config(preset="smoke", overrides=['dreams.soft_labels="votes"'])

@@ -22,10 +22,20 @@ number (an observer knows at most what the server knows, so that bound holds for
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from securedream.privacy.accounting import GaussianRelease, gaussian_epsilon
+import numpy as np
+
+from securedream.privacy.accounting import (
+    RDP_ORDERS,
+    GaussianRelease,
+    SkellamRelease,
+    gaussian_epsilon,
+    skellam_rdp,
+)
 
 DEFAULT_TAIL = 1e-6
 
@@ -121,3 +131,153 @@ def sampled_epsilons(
         max_participations=max_participations,
         **kwargs,  # type: ignore[arg-type]
     ).by_adversary()
+
+
+# --- distributed (Skellam) releases over sampled cohorts ------------------------------------------
+#
+# A private population run records every released cohort sum in a PrivacyLedger as a
+# SkellamRelease whose ``shares`` is the cohort's size (each member added one noise share). A party
+# that knows k shares (observer: 1, its own; server: 0; server + c colluders: c) faces the rest.
+#
+# Against the server (no amplification): a client takes part in at most J releases (the cap, or
+# the binomial tail bound above); which ones is unknown to this ledger, so the bound composes, at
+# every RDP order separately, the J most costly releases of the run. That dominates the RDP of any
+# J-subset, so the (ε, δ − tail) conversion is an upper bound whatever cohorts the client joined.
+#
+# Against observers (amplification, fresh secret coins, no cap): under the zero-out relation the
+# release is the mixture (1 − q)·A + q·B_x with A the release without the client (the same in both
+# worlds) and B_x with it; under replace-one it is (1 − q)·A + q·B_y. The function
+# F(P, Q) = ∫ p^α q^(1−α) is jointly convex for α > 1, so
+#     exp((α − 1)·D_α(P‖Q)) ≤ (1 − q) + q·exp((α − 1)·ε_B(α)),
+# where ε_B is the Skellam RDP of the release with the client in it (Agarwal et al. 2021). This
+# bound holds for any mechanism, so it needs no Gaussian approximation of the Skellam noise and no
+# assumption that the noise is the same with and without the client; it amplifies less than
+# Opacus's (Gaussian-specific, add/remove) analysis. Observers get min(amplified, unamplified).
+
+
+@dataclass(frozen=True)
+class PopulationEpsilons:
+    """ε of a population run's recorded releases against each party, and how it was obtained."""
+
+    observer: float
+    server: float
+    server_colluders: float
+    participations: int  # J: releases a client can have joined (cap or binomial tail)
+    server_delta: float  # δ of the unamplified bounds (δ − tail without a cap)
+    observer_amplified: bool
+
+    def by_adversary(self) -> dict[str, float]:
+        return {
+            "observer": self.observer,
+            "server": self.server,
+            "server+colluders": self.server_colluders,
+        }
+
+    @property
+    def total(self) -> float:
+        """The largest ε among the parties the distributed placement protects against."""
+        return max(self.observer, self.server, self.server_colluders)
+
+
+def participations_for(
+    units: int, q: float, max_participations: int, delta: float, tail: float = DEFAULT_TAIL
+) -> tuple[int, float]:
+    """(J, δ for the unamplified bounds): the cap, or the binomial tail bound with δ − tail."""
+    if 0 < max_participations < units:
+        return max_participations, delta
+    joined = participation_bound(units, q, tail)
+    if joined >= units:
+        return units, delta
+    if delta - tail <= 0:
+        raise ValueError(f"delta ({delta}) must exceed the participation tail ({tail})")
+    return joined, delta - tail
+
+
+def _release_rdp(
+    releases: Sequence[SkellamRelease], known: int, factor: float
+) -> list[tuple[np.ndarray, int]] | None:
+    """Per distinct release: (RDP of one such release at RDP_ORDERS, count); None: no noise left."""
+    out = []
+    for r in releases:
+        if r.count <= 0:
+            continue
+        seen = r.seen_by(known, factor)
+        if seen is None:
+            return None
+        out.append((skellam_rdp(RDP_ORDERS, dataclasses.replace(seen, count=1)), r.count))
+    return out
+
+
+def top_rdp(per_release: Sequence[tuple[np.ndarray, int]], joined: int) -> np.ndarray:
+    """At each order, the sum of the ``joined`` largest per-release RDP values (with counts)."""
+    orders = len(RDP_ORDERS)
+    if not per_release or joined <= 0:
+        return np.zeros(orders)
+    values = np.stack([v for v, _ in per_release])  # [releases, orders]
+    counts = np.array([c for _, c in per_release], dtype=np.float64)
+    total = np.zeros(orders)
+    for j in range(orders):
+        order = np.argsort(-values[:, j], kind="stable")
+        left = float(joined)
+        for i in order:
+            take = min(left, counts[i])
+            total[j] += take * values[i, j]
+            left -= take
+            if left <= 0:
+                break
+    return total
+
+
+def amplified_rdp(per_release: Sequence[tuple[np.ndarray, int]], q: float) -> np.ndarray:
+    """RDP of every release under Poisson sampling at rate q, by the joint-convexity bound."""
+    alpha = np.asarray(RDP_ORDERS, dtype=np.float64)
+    total = np.zeros(len(alpha))
+    if q >= 1.0:
+        return sum((v * c for v, c in per_release), total)
+    for values, count in per_release:
+        mixed = np.logaddexp(math.log1p(-q), math.log(q) + (alpha - 1) * values)
+        total += count * mixed / (alpha - 1)
+    return total
+
+
+def _to_epsilon(rdp: np.ndarray, delta: float) -> float:
+    from opacus.accountants.analysis.rdp import get_privacy_spent
+
+    if not np.any(rdp):
+        return 0.0
+    eps, _ = get_privacy_spent(orders=list(RDP_ORDERS), rdp=rdp, delta=delta)
+    return float(eps)
+
+
+def population_epsilons(
+    releases: Sequence[SkellamRelease],
+    *,
+    q: float,
+    units: int,
+    delta: float,
+    colluders: int,
+    max_participations: int = 0,
+    sensitivity_factor: float = 1.0,
+    sampling_secret: bool = True,
+    tail: float = DEFAULT_TAIL,
+) -> PopulationEpsilons:
+    """ε against observer, server and server + ``colluders`` for Skellam cohort releases.
+
+    ``releases``: every recorded release of the run (all channels), ``shares`` = cohort size;
+    ``units``: cohort draws of the whole run (per-release sampling: its planned releases).
+    """
+    joined, server_delta = participations_for(units, q, max_participations, delta, tail)
+
+    def unamplified(known: int) -> float:
+        per = _release_rdp(releases, known, sensitivity_factor)
+        return math.inf if per is None else _to_epsilon(top_rdp(per, joined), server_delta)
+
+    server = unamplified(0)
+    server_colluders = unamplified(colluders) if colluders > 0 else server
+    observer = unamplified(1)
+    amplified = sampling_secret and not (0 < max_participations < units) and q < 1.0
+    if amplified:
+        per = _release_rdp(releases, 1, sensitivity_factor)
+        if per is not None:
+            observer = min(observer, _to_epsilon(amplified_rdp(per, q), delta))
+    return PopulationEpsilons(observer, server, server_colluders, joined, server_delta, amplified)

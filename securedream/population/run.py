@@ -10,6 +10,7 @@ models on the whole test set each round would dominate the run); the record says
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections import deque
@@ -27,6 +28,7 @@ from securedream.data import load_dataset, split_for_config
 from securedream.dreams import DreamLossWeights
 from securedream.errors import RunFolderError
 from securedream.population.population import Population
+from securedream.population.private import CohortSecureAggregator, PopulationPrivacy
 from securedream.population.sampling import CohortSampler, SamplingSettings
 from securedream.population.votes import votes_to_logits
 from securedream.rounds.client import DistillSettings, LocalTrainingConfig
@@ -100,7 +102,9 @@ class PopulationExperiment:
         c = cfg.clients
         self.sampler = CohortSampler(
             c.count,
-            SamplingSettings(c.sample_rate, c.sampling, c.max_participations, secret=False),
+            SamplingSettings(
+                c.sample_rate, c.sampling, c.max_participations, secret=self.private_cohorts()
+            ),
             cfg.seed,
         )
         s = self.data.image_size
@@ -108,13 +112,23 @@ class PopulationExperiment:
         step_channel = (
             Channel.DREAM_GRADIENT if cfg.dreams.local_steps == 1 else Channel.DREAM_DELTA
         )
-        self.aggregator = CohortAggregator(
-            PlainAggregator(),
-            {
-                step_channel: self.dream_shape,
-                Channel.LOGITS: (cfg.dreams.batch_size, self.data.num_classes),
-            },
-        )
+        shapes = {
+            step_channel: self.dream_shape,
+            Channel.LOGITS: (cfg.dreams.batch_size, self.data.num_classes),
+        }
+        self.privacy: PopulationPrivacy | None = None
+        self.aggregator: Aggregator
+        if cfg.privacy.placement == "distributed":
+            self.privacy = PopulationPrivacy(
+                cfg,
+                dream_dim=math.prod(self.dream_shape),
+                label_dim=math.prod(shapes[Channel.LOGITS]),
+                dreams=cfg.dreams.batch_size,
+            )
+        if cfg.secure_aggregation.enabled:
+            self.aggregator = CohortSecureAggregator(cfg, shapes, self.privacy)
+        else:
+            self.aggregator = CohortAggregator(PlainAggregator(), shapes)
         self.ledger = CommLedger(range(c.count))
         self.buffer: deque[tuple[torch.Tensor, torch.Tensor]] = deque(
             maxlen=cfg.distill.buffer_batches
@@ -145,6 +159,17 @@ class PopulationExperiment:
             k.ce_weight,
             k.clip_grad_norm,
         )
+
+    def private_cohorts(self) -> bool:
+        """Cohort coins from os.urandom: a DP run without reproducible research noise (the
+        amplification claimed against observers needs coins nobody can recompute)."""
+        p = self.cfg.privacy
+        return p.placement != "off" and not p.reproducible_noise
+
+    @property
+    def protected(self) -> bool:
+        """Secure or private: the loop keeps no per-client diagnostics."""
+        return self.cfg.secure_aggregation.enabled or self.cfg.privacy.placement != "off"
 
     def releases_per_round(self) -> int:
         return self.cfg.dreams.global_steps + self.cfg.dreams.snapshots
@@ -181,6 +206,7 @@ class PopulationExperiment:
                 public_count=self.sampler.expected_cohort,  # type: ignore[arg-type]
                 ledger=self.ledger,
                 on_step=on_dream_step,
+                per_client_diagnostics=not self.protected,
                 cohort=lambda release: self.population.set_cohort(cohorts[release]),
             )
         finally:
@@ -189,7 +215,8 @@ class PopulationExperiment:
         snapshots = outcome.snapshots
         if self.population.votes:  # vote fractions -> logits the distillation KL can target
             t = cfg.distill.temperature
-            snapshots = [(x, votes_to_logits(s, t)) for x, s in snapshots]
+            k = cfg.dreams.vote_sharpness
+            snapshots = [(x, votes_to_logits(s, t, k)) for x, s in snapshots]
         self.buffer.extend(snapshots)
 
         start = time.perf_counter()
@@ -207,6 +234,12 @@ class PopulationExperiment:
         values = list(acc.values())
         soft = snapshots[-1][1]
         comm = self.ledger.snapshot()
+        extra: dict[str, Any] = {}
+        if isinstance(self.aggregator, CohortSecureAggregator):
+            extra["secagg_seconds_total"] = self.aggregator.seconds
+            extra["dp_noise_seconds_total"] = self.aggregator.noise_seconds
+        if self.privacy is not None:
+            extra["epsilon_by_adversary"] = self.privacy.end_round()
         return {
             "round": round_index,
             "method": "codream",
@@ -228,6 +261,7 @@ class PopulationExperiment:
             "bytes_up_mean": statistics.fmean(comm["up"]),  # type: ignore[arg-type]
             "bytes_down_mean": statistics.fmean(comm["down"]),  # type: ignore[arg-type]
             "stage_seconds": seconds,
+            **extra,
         }
 
 
@@ -281,5 +315,11 @@ def run_population(cfg: RunConfig, out: str | Path, *, resume: bool = False) -> 
         },
         "config": config_to_dict(cfg),
     }
+    if exp.privacy is not None:
+        report = exp.privacy.report()
+        folder.write_json("privacy.json", report)
+        summary["epsilon_by_adversary"] = report["epsilon_by_adversary"]
+        summary["epsilon_total"] = report["epsilon_total"]
+        summary["noise_multiplier"] = report["noise_multiplier"]
     folder.write_json("summary.json", summary)
     return summary

@@ -29,8 +29,12 @@ def vote_sensitivity(dreams: int) -> float:
     return math.sqrt(dreams)
 
 
-def votes_to_logits(fractions: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Logits z with softmax(z / T) = the normalised, floored vote fractions."""
+def votes_to_logits(
+    fractions: torch.Tensor, temperature: float, sharpness: float = 1.0
+) -> torch.Tensor:
+    """Logits z with softmax(z / T) = the floored vote fractions raised to ``sharpness``,
+    normalised. k > 1 sharpens the target towards the plurality vote (PATE-style; post-processing
+    of the released counts, so it costs no privacy)."""
     p = fractions.clamp_min(MIN_FRACTION)
     p = p / p.sum(dim=-1, keepdim=True)
-    return temperature * torch.log(p)
+    return temperature * sharpness * torch.log(p)
