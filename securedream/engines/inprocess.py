@@ -75,6 +75,12 @@ def run_one_round(
         report["stage_seconds"].update(nested_stage_seconds(exp.aggregator, before))
         if exp.privacy is not None:
             report["epsilon"] = exp.privacy.end_round()
+    elif method == "codream-fast":
+        from securedream.fast.round import fast_round
+
+        before = nested_seconds(exp.aggregator)
+        report = fast_round(exp, round_index, on_dream_step)
+        report["stage_seconds"].update(nested_stage_seconds(exp.aggregator, before))
     elif method == "fedavg":
         report = fedavg_round(exp, round_index)
     else:  # independent and centralized (a single pooled client)
@@ -103,7 +109,7 @@ def summarise(cfg: RunConfig, records: list[dict[str, Any]], seconds: float) -> 
         "dataset": cfg.data.dataset,
         "rounds": len(records),
         "clients": cfg.clients.count,
-        "models": cfg.client_models() if cfg.method == "codream" else None,
+        "models": cfg.client_models() if cfg.method in ("codream", "codream-fast") else None,
         # None where the run has no such figure: a secure or private Flower run's server never
         # receives a client's accuracy, and no such run records a per-client one (diagnostics)
         "final_client_accuracy": final.get("client_accuracy"),
@@ -263,7 +269,9 @@ def _run_locked(
     records = folder.read_metrics()
     rounds_bar = _progress(cfg.rounds, f"{cfg.method} rounds", progress)
     rounds_bar.update(start_round)
-    steps_total = cfg.dreams.global_steps if cfg.method == "codream" else 0
+    steps_total = {"codream": cfg.dreams.global_steps, "codream-fast": cfg.fast.global_steps}.get(
+        cfg.method, 0
+    )
     stopped: str | None = None
     for round_index in range(start_round, cfg.rounds):
         steps_bar = _progress(steps_total, "dream steps", progress and steps_total > 0, position=1)
