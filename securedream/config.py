@@ -133,13 +133,13 @@ class FastConfig:
     generator whose weights and latents the clients optimise collaboratively."""
 
     generator_width: int = _spec(
-        16, low=1, high=1024, help="generator channels (its hidden layers have 2w, 2w, w)"
+        8, low=1, high=1024, help="generator channels (its hidden layers have 2w, 2w, w)"
     )
     latent_dim: int = _spec(32, low=1, high=4096, help="latent z per dream")
     global_steps: int = _spec(
-        10, low=1, high=1_000_000, help="aggregations of (generator, latents) deltas per round"
+        5, low=1, high=1_000_000, help="aggregations of (generator, latents) deltas per round"
     )
-    local_steps: int = _spec(10, low=1, high=10_000, help="client Adam steps per aggregation")
+    local_steps: int = _spec(5, low=1, high=10_000, help="client Adam steps per aggregation")
     lr_generator: float = _spec(5e-3, low=0.0, low_open=True, high=10.0, help="local Adam lr, G")
     lr_latent: float = _spec(0.015, low=0.0, low_open=True, high=100.0, help="local Adam lr, z")
     meta_lr: float = _spec(

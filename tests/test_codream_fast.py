@@ -189,6 +189,19 @@ def test_resume_restores_the_meta_generator(tmp_path) -> None:
     assert _comparable(resumed) == _comparable(full)
 
 
+def test_sample_level_dp_runs_and_is_reported(tmp_path) -> None:
+    """DP-SGD local training: generator deltas are post-processing of the DP-SGD model."""
+    cfg = tiny(
+        "rounds=1",
+        "clients.models=['cnn-gn', 'cnn-gn-wide']",
+        "privacy.sample_level=true",
+        "secure_aggregation.enabled=true",
+    )
+    summary = run_experiment(cfg, tmp_path, progress=False)
+    assert summary["privacy"]["sample_level_epsilon_max"] > 0
+    assert summary["final_client_accuracy"] is None  # a protected run withholds per-client figures
+
+
 def _one_round(*extra: str) -> Experiment:
     exp = Experiment(tiny("clients.count=3", "clients.models=['cnn-bn']", *extra))
     fast_round(exp, 0)
