@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument(
         "--methods",
         default="codream,independent,fedavg,centralized",
-        help="comma-separated subset of codream,independent,fedavg,centralized",
+        help="comma-separated subset of codream,codream-fast,independent,fedavg,centralized",
     )
     acc.add_argument("--out", metavar="DIR", help="folder for the runs (default: a temp folder)")
     acc.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -47,7 +47,7 @@ def _spec(
     return field(default=default, metadata=meta)
 
 
-METHODS = ("codream", "independent", "fedavg", "centralized")
+METHODS = ("codream", "codream-fast", "independent", "fedavg", "centralized")
 DATASETS = ("mnist5k", "digits", "mnist", "fashionmnist", "cifar10", "svhn")
 SPLITS = ("iid", "dirichlet", "disjoint")
 
@@ -128,6 +128,30 @@ class DistillConfig:
     kd_weight: float = _spec(1.0, low=0.0, high=1e6)
     ce_weight: float = _spec(1.0, low=0.0, high=1e6)
     clip_grad_norm: float = _spec(0.0, low=0.0, high=1e6, help="0 = no clipping")
+
+
+@dataclass(frozen=True)
+class FastConfig:
+    """CoDream-fast (method = "codream-fast", securedream.fast): dreams are G(z) of a small
+    generator whose weights and latents the clients optimise collaboratively."""
+
+    generator_width: int = _spec(
+        8, low=1, high=1024, help="generator channels (its hidden layers have 2w, 2w, w)"
+    )
+    latent_dim: int = _spec(32, low=1, high=4096, help="latent z per dream")
+    global_steps: int = _spec(
+        5, low=1, high=1_000_000, help="aggregations of (generator, latents) deltas per round"
+    )
+    local_steps: int = _spec(5, low=1, high=10_000, help="client Adam steps per aggregation")
+    lr_generator: float = _spec(5e-3, low=0.0, low_open=True, high=10.0, help="local Adam lr, G")
+    lr_latent: float = _spec(0.015, low=0.0, low_open=True, high=100.0, help="local Adam lr, z")
+    meta_lr: float = _spec(
+        0.5,
+        low=0.0,
+        low_open=True,
+        high=1.0,
+        help="Reptile step of the meta-generator toward each round's generator; 1 = warm start",
+    )
 
 
 @dataclass(frozen=True)
@@ -251,6 +275,7 @@ class RunConfig:
     clients: ClientsConfig = field(default_factory=ClientsConfig)
     dreams: DreamsConfig = field(default_factory=DreamsConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    fast: FastConfig = field(default_factory=FastConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
@@ -271,6 +296,7 @@ SECTIONS: dict[str, type] = {
     "clients": ClientsConfig,
     "dreams": DreamsConfig,
     "distill": DistillConfig,
+    "fast": FastConfig,
     "baselines": BaselinesConfig,
     "secure_aggregation": SecureAggregationConfig,
     "privacy": PrivacyConfig,
@@ -402,6 +428,7 @@ def _validate_cross_fields(cfg: RunConfig) -> None:
     _validate_compute(cfg)
     _validate_diagnostics(cfg)
     _validate_privacy(cfg)
+    _validate_fast(cfg)
 
 
 def _validate_population(cfg: RunConfig) -> None:
@@ -471,6 +498,24 @@ def _validate_private_population(cfg: RunConfig) -> None:
             "secure_aggregation.dropout_rate",
             "simulated dropouts are not supported with clients.population (set 0 and [])",
         )
+
+
+def _validate_fast(cfg: RunConfig) -> None:
+    """[fast] keys belong to codream-fast; what codream-fast cannot protect yet is refused."""
+    if cfg.method != "codream-fast":
+        default = FastConfig()
+        for f in fields(FastConfig):
+            if getattr(cfg.fast, f.name) != getattr(default, f.name):
+                raise ConfigError(
+                    f"fast.{f.name}",
+                    f'applies to method = "codream-fast" only (this run is {cfg.method!r})',
+                )
+        return
+    from securedream.fast.support import unsupported  # local: keeps the rules in one home
+
+    problem = unsupported(cfg)
+    if problem is not None:
+        raise ConfigError(*problem)
 
 
 def _validate_diagnostics(cfg: RunConfig) -> None:

@@ -16,6 +16,7 @@ class Channel(StrEnum):
     DREAM_GRADIENT = "dream_gradient"
     DREAM_DELTA = "dream_delta"
     LOGITS = "logits"
+    GENERATOR_DELTA = "generator_delta"  # CoDream-fast: change in (generator weights, latents)
 
 
 @dataclass(frozen=True)

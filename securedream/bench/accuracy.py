@@ -21,6 +21,7 @@ from securedream.errors import ConfigError
 
 LABELS = {
     "codream": "CoDream",
+    "codream-fast": "CoDream-fast",
     "independent": "Independent",
     "fedavg": "FedAvg",
     "centralized": "Centralized",

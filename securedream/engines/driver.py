@@ -79,7 +79,7 @@ def summarise(cfg: RunConfig, records: list[dict[str, Any]], seconds: float) -> 
         "dataset": cfg.data.dataset,
         "rounds": len(records),
         "clients": cfg.clients.count,
-        "models": cfg.client_models() if cfg.method == "codream" else None,
+        "models": cfg.client_models() if cfg.method in ("codream", "codream-fast") else None,
         # None where the run has no such figure: a secure or private Flower run's server never
         # receives a client's accuracy, and no such run records a per-client one (diagnostics)
         "final_client_accuracy": final.get("client_accuracy"),
@@ -148,7 +148,9 @@ def run_rounds(
     suffix = "" if engine.name == "inprocess" else f" ({engine.name})"
     rounds_bar = progress_bar(cfg.rounds, f"{cfg.method} rounds{suffix}", progress)
     rounds_bar.update(start_round)
-    steps_total = cfg.dreams.global_steps if cfg.method == "codream" else 0
+    steps_total = {"codream": cfg.dreams.global_steps, "codream-fast": cfg.fast.global_steps}.get(
+        cfg.method, 0
+    )
     stopped: str | None = None
     for round_index in range(start_round, cfg.rounds):
         steps_bar = progress_bar(steps_total, "dream steps", progress and steps_total > 0, 1)

@@ -20,6 +20,7 @@ from securedream.rounds.codream import ExperimentCohort, codream_record, evaluat
 from securedream.rounds.experiment import Experiment, checkpoint_state_problem
 from securedream.runs import RunFolder
 from securedream.runs.folder import check_same_config
+from securedream.runs.timing import nested_seconds, nested_stage_seconds
 
 __all__ = ["InProcessRun", "run_experiment", "run_one_round", "summarise"]
 
@@ -36,7 +37,13 @@ def run_one_round(
     if method == "codream":
         return codream_record(exp, ExperimentCohort(exp), round_index, on_dream_step)
     exp.ledger.reset()
-    if method == "fedavg":
+    if method == "codream-fast":
+        from securedream.fast.round import fast_round
+
+        before = nested_seconds(exp.aggregator)
+        report = fast_round(exp, round_index, on_dream_step)
+        report["stage_seconds"].update(nested_stage_seconds(exp.aggregator, before))
+    elif method == "fedavg":
         report = fedavg_round(exp, round_index)
     else:  # independent and centralized (a single pooled client)
         report = independent_round(exp, round_index)

@@ -74,7 +74,7 @@ class Experiment:
             batch_size=cfg.clients.batch_size,
         )
         self.privacy = None
-        if aggregator is None and cfg.method != "codream":
+        if aggregator is None and cfg.method not in ("codream", "codream-fast"):
             aggregator = PlainAggregator()  # baselines never aggregate through it
         if aggregator is None:
             from securedream.stack import build_aggregation
@@ -103,6 +103,17 @@ class Experiment:
         )
         self.last_dreams: torch.Tensor | None = None
         self.ledger = CommLedger(range(len(self.clients)))
+        self.fast = None  # CoDream-fast's meta-generator (securedream.fast), across rounds
+        if cfg.method == "codream-fast":
+            from securedream.fast import MetaGenerator
+
+            self.fast = MetaGenerator(
+                latent_dim=cfg.fast.latent_dim,
+                width=cfg.fast.generator_width,
+                channels=self.data.channels,
+                image_size=self.data.image_size,
+                seed=cfg.seed,
+            )
 
     # --- construction -------------------------------------------------------------------------
     def _model(self, name: str, seed_label: object) -> torch.nn.Module:
@@ -134,7 +145,7 @@ class Experiment:
             if not has_batchnorm(model):
                 without_bn.append(f"client {k} ({name})")
             clients.append(self._client(k, model, shard.indices))
-        if without_bn and cfg.method == "codream" and cfg.dreams.w_bn > 0:
+        if without_bn and cfg.method in ("codream", "codream-fast") and cfg.dreams.w_bn > 0:
             warnings.warn(
                 "no BatchNorm layers, so no BN-statistics dream term for: " + ", ".join(without_bn),
                 stacklevel=2,
@@ -241,6 +252,7 @@ class Experiment:
             "student": self.student.state_dict() if self.student is not None else None,
             "buffer": [[x.cpu(), s.cpu()] for x, s in self.buffer],
             "last_dreams": self.last_dreams.cpu() if self.last_dreams is not None else None,
+            **({"fast": self.fast.state_dict()} if self.fast is not None else {}),
         }
 
     def bookkeeping(self) -> dict[str, Any]:
@@ -278,6 +290,8 @@ class Experiment:
             self.buffer.append((x.to(self.device), s.to(self.device)))
         last = state.get("last_dreams")
         self.last_dreams = last.to(self.device) if last is not None else None
+        if self.fast is not None:
+            self.fast.load_state_dict(state["fast"])
 
 
 def checkpoint_state_problem(state: Any, exp: Experiment) -> str | None:
@@ -326,4 +340,6 @@ def checkpoint_state_problem(state: Any, exp: Experiment) -> str | None:
     last = state.get("last_dreams")
     if last is not None and (not isinstance(last, torch.Tensor) or tuple(last.shape) != shape):
         return f"'last_dreams' must be null or a tensor of shape {shape}"
+    if exp.fast is not None:
+        return exp.fast.state_problem(state.get("fast"))
     return None
