@@ -241,12 +241,20 @@ def test_bench_rows_schema_and_plan(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert rows[0].accuracy_per_seed == pytest.approx([0.6, 0.61])
     assert rows[0].epsilon_rdp == 1.0 and rows[0].epsilon_prv == pytest.approx(0.9)
     assert rows[6].epsilon_rdp is None  # non-private row
-    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 20
+    log = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert len(log) == 20
+    # ε by ε: both seeds of the first ε (with the non-private rows) before any run at ε = 4
+    assert [r["epsilon"] in (1.0, None) for r in log] == [True] * 12 + [False] * 8
+    assert [r["seed"] for r in log[:12]] == [0] * 6 + [1] * 6
     err = capsys.readouterr().err
     assert "run 1 of 20" in err and "run 20 of 20" in err and "min left" in err
     assert isinstance(rows[0], SampleBenchRow)
     again = rows_from_log(tmp_path / "runs.jsonl")
-    assert [asdict(r) for r in again] == [asdict(r) for r in rows]
+
+    def key(r: SampleBenchRow) -> tuple[object, ...]:
+        return (r.method, r.epsilon or 0.0, bool(r.feature_stats))
+
+    assert [asdict(r) for r in sorted(again, key=key)] == [asdict(r) for r in sorted(rows, key=key)]
 
 
 def test_ablation_epsilon_must_be_benched() -> None:

@@ -5,9 +5,10 @@ CoDream with feature statistics, every feature-statistics release) spends the sa
 the config's δ. Rows: CoDream, Independent and FedAvg (the homogeneous ``baselines.fedavg_model``,
 its clients trained with DP-SGD too) at each ε, the same three without DP (ε = null), and an
 ablation of CoDream with the DP feature-statistics term flipped. Every row runs the same seeds, data
-splits and model initialisations; only the method and the privacy settings differ. Each finished
-run is appended to ``runs.jsonl`` in the output folder, so an interrupted bench keeps what it
-measured.
+splits and model initialisations (and, with ``public.dataset``, the same public pre-training); only
+the method and the privacy settings differ. Runs go ε by ε in the order given, all seeds of one ε
+(the first ε together with the non-private rows) before the next, and each finished run is appended
+to ``runs.jsonl`` in the output folder: a bench stopped early has complete seeds for its first ε.
 """
 
 from __future__ import annotations
@@ -168,7 +169,13 @@ def run_sample_bench(
         )
         for v in variants
     ]
-    jobs = [(v, cfg, base.seed + s) for s in range(seeds) for v, cfg in configs]
+    jobs = [
+        (v, cfg, base.seed + s)
+        for group in epsilons
+        for s in range(seeds)
+        for v, cfg in configs
+        if (v.epsilon if v.epsilon is not None else epsilons[0]) == group
+    ]
     progress = _Progress([v.method for v, _, _ in jobs])
     out_root.mkdir(parents=True, exist_ok=True)
     log = out_root / "runs.jsonl"

@@ -138,6 +138,9 @@ def _write_privacy(folder: RunFolder, exp: Experiment) -> dict[str, Any]:
     sample_level = exp.sample_level_report()
     if sample_level is not None:
         report["sample_level"] = sample_level
+    public = exp.public_report()
+    if public is not None:
+        report["public_data"] = public
     add_to_privacy_report(report, exp.cfg, "inprocess")
     folder.write_json("privacy.json", report)
     folder.write_text("privacy.md", report_markdown(report))

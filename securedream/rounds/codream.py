@@ -42,10 +42,20 @@ def codream_round(
         report["feature_stats_clipped_fraction"] = clipped
 
     start = time.perf_counter()
-    init = torch.randn(
-        exp.dream_shape(), generator=torch_generator(cfg.seed, "dreams", round_index)
-    )
-    init = (init * cfg.dreams.init_std).to(exp.device)
+    if exp.public is not None and cfg.public.dream_init:
+        from securedream.data.public import public_dream_init
+
+        init = public_dream_init(
+            exp.public,
+            cfg.dreams.batch_size,
+            exp.data.num_classes,
+            torch_generator(cfg.seed, "dreams", round_index),
+        ).to(exp.device)
+    else:
+        init = torch.randn(
+            exp.dream_shape(), generator=torch_generator(cfg.seed, "dreams", round_index)
+        )
+        init = (init * cfg.dreams.init_std).to(exp.device)
     settings = exp.dreaming_settings(round_index)
     exp.aggregator.start_round(round_index, [c.client_id for c in exp.clients])
     try:
