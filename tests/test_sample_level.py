@@ -243,9 +243,9 @@ def test_bench_rows_schema_and_plan(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert rows[6].epsilon_rdp is None  # non-private row
     log = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
     assert len(log) == 20
-    # ε by ε: both seeds of the first ε (with the non-private rows) before any run at ε = 4
+    # both seeds of the first ε (with the non-private rows) before any run at ε = 4
     assert [r["epsilon"] in (1.0, None) for r in log] == [True] * 12 + [False] * 8
-    assert [r["seed"] for r in log[:12]] == [0] * 6 + [1] * 6
+    assert [r["seed"] for r in log] == [0] * 6 + [1] * 6 + [0] * 4 + [1] * 4
     err = capsys.readouterr().err
     assert "run 1 of 20" in err and "run 20 of 20" in err and "min left" in err
     assert isinstance(rows[0], SampleBenchRow)

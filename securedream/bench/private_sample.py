@@ -6,9 +6,10 @@ the config's δ. Rows: CoDream, Independent and FedAvg (the homogeneous ``baseli
 its clients trained with DP-SGD too) at each ε, the same three without DP (ε = null), and an
 ablation of CoDream with the DP feature-statistics term flipped. Every row runs the same seeds, data
 splits and model initialisations (and, with ``public.dataset``, the same public pre-training); only
-the method and the privacy settings differ. Runs go ε by ε in the order given, all seeds of one ε
-(the first ε together with the non-private rows) before the next, and each finished run is appended
-to ``runs.jsonl`` in the output folder: a bench stopped early has complete seeds for its first ε.
+the method and the privacy settings differ. The first ε given runs first, for every seed, together
+with the non-private rows; then the other ε seed by seed. Each finished run is appended to
+``runs.jsonl`` in the output folder, so a bench stopped early has every seed of the first ε (the
+headline) and the same seeds of the others.
 """
 
 from __future__ import annotations
@@ -169,13 +170,12 @@ def run_sample_bench(
         )
         for v in variants
     ]
-    jobs = [
-        (v, cfg, base.seed + s)
-        for group in epsilons
-        for s in range(seeds)
-        for v, cfg in configs
-        if (v.epsilon if v.epsilon is not None else epsilons[0]) == group
-    ]
+    def first(v: SampleVariant) -> bool:
+        return v.epsilon is None or v.epsilon == epsilons[0]
+
+    # the first ε (with the non-private rows) for every seed, then the other ε seed by seed
+    jobs = [(v, cfg, base.seed + s) for s in range(seeds) for v, cfg in configs if first(v)]
+    jobs += [(v, cfg, base.seed + s) for s in range(seeds) for v, cfg in configs if not first(v)]
     progress = _Progress([v.method for v, _, _ in jobs])
     out_root.mkdir(parents=True, exist_ok=True)
     log = out_root / "runs.jsonl"
