@@ -170,6 +170,7 @@ def run_sample_bench(
         )
         for v in variants
     ]
+
     def first(v: SampleVariant) -> bool:
         return v.epsilon is None or v.epsilon == epsilons[0]
 
