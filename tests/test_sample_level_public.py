@@ -33,7 +33,10 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
         (['public.dataset="none"', "public.pretrain_lr=0.1"], "public.pretrain_lr"),
         (["public.pretrain_epochs=-1"], "public.pretrain_epochs"),
         (["public.pretrain_lr=0"], "public.pretrain_lr"),
-        (['public.dataset="digits"', "public.pretrain_epochs=0"], "public.dataset"),
+        (
+            ['public.dataset="digits"', "public.pretrain_epochs=0", "public.dream_init=false"],
+            "public.dataset",
+        ),
     ],
 )
 def test_bad_public_keys_name_the_field(overrides: list[str], key: str) -> None:
