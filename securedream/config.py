@@ -224,6 +224,27 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class PublicConfig:
+    """Public data (owner i12; securedream/data/public.py): costs no ε, named in privacy.json.
+
+    A private run may use data that is public — here scikit-learn's digits, a different dataset
+    from MNIST — to pre-train every client model before (DP-)SGD and to start dreams from public
+    images. Baselines get the same pre-training, so comparisons stay fair.
+    """
+
+    dataset: str = _spec(
+        "none", choices=("none", "digits"), help="public set for pre-training / dream init"
+    )
+    pretrain_epochs: int = _spec(
+        10, low=0, high=10_000, help="non-private epochs on the public set before local training"
+    )
+    pretrain_lr: float = _spec(0.02, low=0.0, low_open=True, high=10.0)
+    dream_init: bool = _spec(
+        False, help="codream: start dream i from a public image of class i mod K, not noise"
+    )
+
+
+@dataclass(frozen=True)
 class DiagnosticsConfig:
     """Per-client diagnostics that a protecting run withholds unless the user opts in by name.
 
@@ -279,6 +300,7 @@ class RunConfig:
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    public: PublicConfig = field(default_factory=PublicConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -300,6 +322,7 @@ SECTIONS: dict[str, type] = {
     "baselines": BaselinesConfig,
     "secure_aggregation": SecureAggregationConfig,
     "privacy": PrivacyConfig,
+    "public": PublicConfig,
     "diagnostics": DiagnosticsConfig,
     "compute": ComputeConfig,
     "output": OutputConfig,
@@ -422,6 +445,7 @@ def _validate_cross_fields(cfg: RunConfig) -> None:
             f"got {cfg.dreams.snapshots}",
         )
     _validate_sample_level(cfg)
+    _validate_public(cfg)
     if cfg.data.dataset in ("mnist", "fashionmnist", "cifar10", "svhn") and not cfg.data.root:
         raise ConfigError("data.root", f"is required for dataset {cfg.data.dataset!r}")
     _validate_population(cfg)
@@ -634,6 +658,39 @@ def _validate_privacy(cfg: RunConfig) -> None:
                 "privacy.accountant",
                 'distributed (Skellam) noise is accounted with RDP; set accountant = "rdp"',
             )
+
+
+def _validate_public(cfg: RunConfig) -> None:
+    """Public data exists for MNIST-like datasets only, in the in-process engine."""
+    pub = cfg.public
+    default = PublicConfig()
+    if pub.dataset == "none":
+        for name in ("pretrain_epochs", "pretrain_lr", "dream_init"):
+            if getattr(pub, name) != getattr(default, name):
+                raise ConfigError(
+                    f"public.{name}",
+                    'has no effect while public.dataset = "none"; set public.dataset = "digits" '
+                    "or remove the key",
+                )
+        return
+    from securedream.data.public import PUBLIC_TARGETS
+
+    if cfg.data.dataset not in PUBLIC_TARGETS:
+        raise ConfigError(
+            "public.dataset",
+            f"{pub.dataset!r} is public data for {list(PUBLIC_TARGETS)} only, "
+            f"not data.dataset = {cfg.data.dataset!r}",
+        )
+    if cfg.clients.population:
+        raise ConfigError(
+            "public.dataset", "is not wired into population runs (clients.population = true)"
+        )
+    if pub.pretrain_epochs == 0 and not pub.dream_init:
+        raise ConfigError(
+            "public.dataset",
+            f"{pub.dataset!r} is unused: set public.pretrain_epochs > 0 or "
+            "public.dream_init = true",
+        )
 
 
 def _validate_sample_level(cfg: RunConfig) -> None:

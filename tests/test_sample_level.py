@@ -241,14 +241,45 @@ def test_bench_rows_schema_and_plan(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert rows[0].accuracy_per_seed == pytest.approx([0.6, 0.61])
     assert rows[0].epsilon_rdp == 1.0 and rows[0].epsilon_prv == pytest.approx(0.9)
     assert rows[6].epsilon_rdp is None  # non-private row
-    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 20
+    log = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert len(log) == 20
+    # both seeds of the first ε (with the non-private rows) before any run at ε = 4
+    assert [r["epsilon"] in (1.0, None) for r in log] == [True] * 12 + [False] * 8
+    assert [r["seed"] for r in log] == [0] * 6 + [1] * 6 + [0] * 4 + [1] * 4
     err = capsys.readouterr().err
     assert "run 1 of 20" in err and "run 20 of 20" in err and "min left" in err
     assert isinstance(rows[0], SampleBenchRow)
     again = rows_from_log(tmp_path / "runs.jsonl")
-    assert [asdict(r) for r in again] == [asdict(r) for r in rows]
+
+    def key(r: SampleBenchRow) -> tuple[object, ...]:
+        return (r.method, r.epsilon or 0.0, bool(r.feature_stats))
+
+    assert [asdict(r) for r in sorted(again, key=key)] == [asdict(r) for r in sorted(rows, key=key)]
 
 
 def test_ablation_epsilon_must_be_benched() -> None:
     with pytest.raises(ConfigError, match="--ablation"):
         plan_variants([1.0], feature_stats=True, ablation_epsilons=[4.0])
+
+
+@pytest.mark.slow
+def test_secure_aggregation_does_not_change_a_private_round() -> None:
+    """SecAgg on vs off, same DP-SGD noise (research seeds): dreams and soft labels agree within
+    the fixed-point encoding bound, so accuracy does not move."""
+    from securedream.aggregation import Channel
+    from securedream.rounds.codream import codream_round
+    from securedream.rounds.experiment import Experiment
+
+    extra = ("privacy.feature_stats=true", "privacy.sample_target_epsilon=8.0", "rounds=1")
+    plain = Experiment(_tiny(*extra))
+    secure = Experiment(_tiny(*extra, "secure_aggregation.enabled=true"))
+    codream_round(plain, 0)
+    codream_round(secure, 0)
+    (x_plain, soft_plain), (x_secure, soft_secure) = plain.buffer[-1], secure.buffer[-1]
+    bound = secure.aggregator.error_bound(Channel.LOGITS, 2) / 2  # mean of 2 clients
+    assert torch.max(torch.abs(soft_plain - soft_secure)) <= bound + 1e-4
+    assert torch.allclose(x_plain, x_secure, atol=5e-3)
+    for a, b in zip(plain.clients, secure.clients, strict=True):
+        assert a.evaluate(plain.data.test_x, plain.data.test_y) == pytest.approx(
+            b.evaluate(secure.data.test_x, secure.data.test_y), abs=0.02
+        )

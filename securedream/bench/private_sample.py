@@ -5,9 +5,11 @@ CoDream with feature statistics, every feature-statistics release) spends the sa
 the config's δ. Rows: CoDream, Independent and FedAvg (the homogeneous ``baselines.fedavg_model``,
 its clients trained with DP-SGD too) at each ε, the same three without DP (ε = null), and an
 ablation of CoDream with the DP feature-statistics term flipped. Every row runs the same seeds, data
-splits and model initialisations; only the method and the privacy settings differ. Each finished
-run is appended to ``runs.jsonl`` in the output folder, so an interrupted bench keeps what it
-measured.
+splits and model initialisations (and, with ``public.dataset``, the same public pre-training); only
+the method and the privacy settings differ. The first ε given runs first, for every seed, together
+with the non-private rows; then the other ε seed by seed. Each finished run is appended to
+``runs.jsonl`` in the output folder, so a bench stopped early has every seed of the first ε (the
+headline) and the same seeds of the others.
 """
 
 from __future__ import annotations
@@ -168,7 +170,13 @@ def run_sample_bench(
         )
         for v in variants
     ]
-    jobs = [(v, cfg, base.seed + s) for s in range(seeds) for v, cfg in configs]
+
+    def first(v: SampleVariant) -> bool:
+        return v.epsilon is None or v.epsilon == epsilons[0]
+
+    # the first ε (with the non-private rows) for every seed, then the other ε seed by seed
+    jobs = [(v, cfg, base.seed + s) for s in range(seeds) for v, cfg in configs if first(v)]
+    jobs += [(v, cfg, base.seed + s) for s in range(seeds) for v, cfg in configs if not first(v)]
     progress = _Progress([v.method for v, _, _ in jobs])
     out_root.mkdir(parents=True, exist_ok=True)
     log = out_root / "runs.jsonl"

@@ -94,6 +94,9 @@ class InProcessRun:
         sample_level = exp.sample_level_report()
         if sample_level is not None:
             report["sample_level"] = sample_level
+        public = exp.public_report()
+        if public is not None:
+            report["public_data"] = public
         return report
 
 

@@ -185,6 +185,11 @@ def report_markdown(report: dict[str, Any]) -> str:
         from securedream.privacy.sample_level import markdown_section
 
         lines += markdown_section(sample)
+    public = report.get("public_data")
+    if public is not None:
+        from securedream.data.public import markdown_lines
+
+        lines += markdown_lines(public)
     return "\n".join(lines)
 
 

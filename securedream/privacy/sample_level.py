@@ -359,6 +359,16 @@ def report_section(cfg: RunConfig, clients: Sequence[Any]) -> dict[str, Any]:
         "BN-statistics term" + ("; the DP feature statistics replace it" if feature_on else ""),
         "distillation uses dreams only (no local cross-entropy term)",
         "the sample counts n are treated as public, as Opacus's sample rate 1/⌈n/B⌉ is",
+        *(
+            [
+                f"public data ({cfg.public.dataset}: pre-training before DP-SGD"
+                + (", dream initialisation" if cfg.public.dream_init else "")
+                + ") is outside the ledger: it costs no ε only if it holds none of the private "
+                "examples (see public_data)"
+            ]
+            if cfg.public.dataset != "none"
+            else []
+        ),
         (
             "DP noise comes from torch generators seeded from the run seed (research mode: NOT "
             "private against anyone who knows the seed)"

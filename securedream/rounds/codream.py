@@ -127,10 +127,20 @@ def codream_round(
 
     start = time.perf_counter()
     members = cohort.members()
-    init = torch.randn(
-        exp.dream_shape(), generator=torch_generator(cfg.seed, "dreams", round_index)
-    )
-    init = (init * cfg.dreams.init_std).to(exp.device)
+    if cfg.public.dream_init:  # validated: needs public.dataset (refused on Flower)
+        from securedream.data.public import public_dream_init
+
+        init = public_dream_init(
+            exp.public,
+            cfg.dreams.batch_size,
+            exp.data.num_classes,
+            torch_generator(cfg.seed, "dreams", round_index),
+        ).to(exp.device)
+    else:
+        init = torch.randn(
+            exp.dream_shape(), generator=torch_generator(cfg.seed, "dreams", round_index)
+        )
+        init = (init * cfg.dreams.init_std).to(exp.device)
     settings = exp.dreaming_settings(round_index)
     cohort.aggregator.start_round(round_index, members)
     try:

@@ -86,6 +86,7 @@ class Experiment:
             )
         self.aggregator = aggregator
         self.clients = self._build_clients()
+        self.public = self._public_pretraining()
         if cfg.privacy.sample_level:
             from securedream.privacy.sample_level import reproducible_noise, sgd_noise_for
 
@@ -161,6 +162,53 @@ class Experiment:
             self.training,
             self.device,
             compute=self.compute,
+        )
+
+    def _public_pretraining(self) -> Any:
+        """``public.dataset``: pre-train every client model on the public set (no ε, before any
+        private step); returns the public set (``None`` without one). FedAvg clients share one
+        initialisation and get identical pre-training."""
+        pub = self.cfg.public
+        if pub.dataset == "none":
+            return None
+        from securedream.data.public import load_public, pretrain_cached
+
+        data = load_public(pub.dataset, self.cfg.data.dataset, self.data.mean, self.data.std)
+        if pub.pretrain_epochs > 0:
+            names = self.cfg.client_models()
+            for k, client in enumerate(self.clients):
+                label: object = k
+                name = names[k] if k < len(names) else names[0]
+                if self.cfg.method == "fedavg":
+                    label, name = "global", self.cfg.baselines.fedavg_model or names[0]
+                elif self.cfg.method == "centralized":
+                    label = "central"
+                model_seed = derive_seed(self.cfg.seed, "model", label)
+                pretrain_cached(
+                    client.model,
+                    (name, model_seed),
+                    data,
+                    epochs=pub.pretrain_epochs,
+                    lr=pub.pretrain_lr,
+                    momentum=self.cfg.clients.momentum,
+                    batch_size=self.cfg.clients.batch_size,
+                    generator_seed=derive_seed(self.cfg.seed, "public-pretrain", label),
+                    device=self.device,
+                )
+        return data
+
+    def public_report(self) -> dict[str, Any] | None:
+        """privacy.json's ``public_data`` entry, or None without public data."""
+        if self.public is None:
+            return None
+        from securedream.data.public import report_entry
+
+        pub = self.cfg.public
+        return report_entry(
+            self.public.name,
+            self.public.description,
+            pub.pretrain_epochs,
+            pub.dream_init and self.cfg.method == "codream",
         )
 
     def _build_student(self) -> CoDreamClient | None:

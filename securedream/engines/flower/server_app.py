@@ -72,6 +72,8 @@ def check_supported(cfg: RunConfig) -> None:
         raise ConfigError(
             "privacy.feature_stats", "feature statistics are not wired into the flower engine yet"
         )
+    if cfg.public.dataset != "none":
+        raise ConfigError("public.dataset", "public data is not wired into the flower engine yet")
 
 
 class FlowerCoDream:
