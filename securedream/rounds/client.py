@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from securedream.dreams import DreamLossWeights, dream_loss
+from securedream.dreams.class_share import class_shares, dream_weights, weighted_probabilities
 
 if TYPE_CHECKING:
     from securedream.privacy.feature_stats import FeatureRelease, LayerTarget
@@ -187,6 +188,17 @@ class CoDreamClient(ModelTrainer):
         self.use_bn_term = use_bn_term
         # this round's feature-statistics targets (privacy.feature_stats); kept by the client only
         self.feature_targets: list[LayerTarget] | None = None
+        # dreams.class_share: this client's smoothed share of each class; never sent anywhere
+        self.class_shares: torch.Tensor | None = None
+
+    def enable_class_share(self, num_classes: int) -> None:
+        """Weight targeted dreams' losses and soft labels by this client's class shares."""
+        self.class_shares = class_shares(self.train_y, num_classes)
+
+    def _dream_weights(self, batch_size: int) -> torch.Tensor | None:
+        # getattr: the Flower engine's DreamView borrows these methods without the attribute
+        shares = getattr(self, "class_shares", None)
+        return None if shares is None else dream_weights(shares, batch_size, self.device)
 
     def measure_features(
         self, clip: float, noise_multiplier: float, generator: torch.Generator | None
@@ -220,7 +232,12 @@ class CoDreamClient(ModelTrainer):
         self._frozen_eval()
         x = dreams.detach().to(self.device).requires_grad_(True)
         loss, terms, _ = dream_loss(
-            self.model, x, weights, use_bn=self.use_bn_term, feature_targets=self.feature_targets
+            self.model,
+            x,
+            weights,
+            use_bn=self.use_bn_term,
+            feature_targets=self.feature_targets,
+            dream_weights=CoDreamClient._dream_weights(self, len(x)),
         )
         (grad,) = torch.autograd.grad(loss, [x])
         return grad.detach(), terms
@@ -234,6 +251,7 @@ class CoDreamClient(ModelTrainer):
         x = start.clone().requires_grad_(True)
         optimizer = torch.optim.Adam([x], lr=lr)
         terms: dict[str, float] = {}
+        per_dream = CoDreamClient._dream_weights(self, len(x))
         for _ in range(steps):
             loss, terms, _ = dream_loss(
                 self.model,
@@ -241,6 +259,7 @@ class CoDreamClient(ModelTrainer):
                 weights,
                 use_bn=self.use_bn_term,
                 feature_targets=self.feature_targets,
+                dream_weights=per_dream,
             )
             (grad,) = torch.autograd.grad(loss, [x])
             x.grad = grad
@@ -249,8 +268,11 @@ class CoDreamClient(ModelTrainer):
 
     @torch.no_grad()
     def dream_logits(self, dreams: torch.Tensor) -> torch.Tensor:
+        """Logits on the dreams, or with class shares on the share-weighted probabilities."""
         self._frozen_eval()
-        return self.model(dreams.to(self.device)).detach()
+        logits = self.model(dreams.to(self.device)).detach()
+        shares = getattr(self, "class_shares", None)
+        return logits if shares is None else weighted_probabilities(logits, shares)
 
     def distill(
         self,

@@ -42,10 +42,7 @@ def codream_round(
         report["feature_stats_clipped_fraction"] = clipped
 
     start = time.perf_counter()
-    init = torch.randn(
-        exp.dream_shape(), generator=torch_generator(cfg.seed, "dreams", round_index)
-    )
-    init = (init * cfg.dreams.init_std).to(exp.device)
+    init = exp.initial_dreams(round_index)
     settings = exp.dreaming_settings(round_index)
     exp.aggregator.start_round(round_index, [c.client_id for c in exp.clients])
     try:
@@ -65,9 +62,10 @@ def codream_round(
     finally:
         exp.aggregator.end_round()
     seconds["dreaming"] = time.perf_counter() - start
-    exp.buffer.extend(outcome.snapshots)
-    exp.last_dreams = outcome.snapshots[-1][0]
-    soft = outcome.snapshots[-1][1]
+    snapshots = exp.buffer_entries(outcome.snapshots)
+    exp.buffer.extend(snapshots)
+    exp.last_dreams = snapshots[-1][0]
+    soft = snapshots[-1][1]
     if disclosure.per_client_metrics:  # else the loop did not collect them
         report["dream_terms"] = outcome.final_terms
         report["contribution_norms"] = outcome.contribution_norms

@@ -19,11 +19,12 @@ from securedream.comm import CommLedger
 from securedream.config import RunConfig
 from securedream.data import DatasetBundle, load_dataset, split_for_config
 from securedream.dreams import DreamLossWeights
+from securedream.dreams.class_share import mixture_logits
 from securedream.errors import ConfigError
 from securedream.models import build_model, has_batchnorm
 from securedream.rounds.client import CoDreamClient, DistillSettings, LocalTrainingConfig
 from securedream.rounds.server import DreamingSettings
-from securedream.seeding import derive_seed
+from securedream.seeding import derive_seed, torch_generator
 
 
 def resolve_device(name: str) -> torch.device:
@@ -131,6 +132,8 @@ class Experiment:
             if not has_batchnorm(model):
                 without_bn.append(f"client {k} ({name})")
             clients.append(self._client(k, model, shard.indices))
+            if cfg.method == "codream" and cfg.dreams.class_share:
+                clients[-1].enable_class_share(self.data.num_classes)
         if without_bn and cfg.method == "codream" and cfg.dreams.w_bn > 0:
             warnings.warn(
                 "no BatchNorm layers, so no BN-statistics dream term for: " + ", ".join(without_bn),
@@ -216,6 +219,27 @@ class Experiment:
             release = client.measure_features(p.feature_clip, p.feature_noise_multiplier, gen)
             clipped.append(release.clipped_fraction)
         return clipped
+
+    def initial_dreams(self, round_index: int) -> torch.Tensor:
+        """This round's starting dreams: fresh N(0, init_std²) noise, or with
+        ``dreams.warm_start`` the previous round's final dreams (same targets i mod K)."""
+        if self.cfg.dreams.warm_start and self.last_dreams is not None:
+            return self.last_dreams.detach().clone().to(self.device)
+        init = torch.randn(
+            self.dream_shape(), generator=torch_generator(self.cfg.seed, "dreams", round_index)
+        )
+        return (init * self.cfg.dreams.init_std).to(self.device)
+
+    def buffer_entries(
+        self, snapshots: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(dreams, soft logits) for the buffer. With ``dreams.class_share`` the aggregate is a
+        sum of share-weighted probabilities, turned into logits whose softmax at the distillation
+        temperature is the normalised mixture."""
+        if not self.cfg.dreams.class_share:
+            return snapshots
+        t = self.cfg.distill.temperature
+        return [(x, mixture_logits(s, t)) for x, s in snapshots]
 
     def dream_shape(self) -> tuple[int, int, int, int]:
         s = self.data.image_size

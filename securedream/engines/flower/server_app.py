@@ -96,6 +96,9 @@ def check_supported(cfg: RunConfig) -> None:
         raise ConfigError(
             "privacy.feature_stats", "feature statistics are not wired into the flower engine yet"
         )
+    for key, on in (("class_share", cfg.dreams.class_share), ("warm_start", cfg.dreams.warm_start)):
+        if on:  # in-process only for now (rounds/experiment.py)
+            raise ConfigError(f"dreams.{key}", "is not wired into the flower engine yet")
 
 
 class FlowerCoDream:
