@@ -57,3 +57,11 @@ def mixture_logits(summed: torch.Tensor, temperature: float) -> torch.Tensor:
     p = summed.clamp_min(MIN_PROBABILITY)
     p = p / p.sum(dim=1, keepdim=True)
     return temperature * torch.log(p)
+
+
+def soft_label_entries(
+    snapshots: list[tuple[torch.Tensor, torch.Tensor]], temperature: float
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(dreams, aggregated share-weighted probabilities) → (dreams, :func:`mixture_logits`): what
+    every engine puts in the distillation buffer when ``dreams.class_share`` is on."""
+    return [(x, mixture_logits(s, temperature)) for x, s in snapshots]

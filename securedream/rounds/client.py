@@ -196,8 +196,7 @@ class CoDreamClient(ModelTrainer):
         self.class_shares = class_shares(self.train_y, num_classes)
 
     def _dream_weights(self, batch_size: int) -> torch.Tensor | None:
-        # getattr: the Flower engine's DreamView borrows these methods without the attribute
-        shares = getattr(self, "class_shares", None)
+        shares = self.class_shares
         return None if shares is None else dream_weights(shares, batch_size, self.device)
 
     def measure_features(
@@ -237,7 +236,7 @@ class CoDreamClient(ModelTrainer):
             weights,
             use_bn=self.use_bn_term,
             feature_targets=self.feature_targets,
-            dream_weights=CoDreamClient._dream_weights(self, len(x)),
+            dream_weights=self._dream_weights(len(x)),
         )
         (grad,) = torch.autograd.grad(loss, [x])
         return grad.detach(), terms
@@ -251,7 +250,7 @@ class CoDreamClient(ModelTrainer):
         x = start.clone().requires_grad_(True)
         optimizer = torch.optim.Adam([x], lr=lr)
         terms: dict[str, float] = {}
-        per_dream = CoDreamClient._dream_weights(self, len(x))
+        per_dream = self._dream_weights(len(x))
         for _ in range(steps):
             loss, terms, _ = dream_loss(
                 self.model,
@@ -271,7 +270,7 @@ class CoDreamClient(ModelTrainer):
         """Logits on the dreams, or with class shares on the share-weighted probabilities."""
         self._frozen_eval()
         logits = self.model(dreams.to(self.device)).detach()
-        shares = getattr(self, "class_shares", None)
+        shares = self.class_shares
         return logits if shares is None else weighted_probabilities(logits, shares)
 
     def distill(

@@ -19,7 +19,7 @@ from securedream.comm import CommLedger
 from securedream.config import RunConfig
 from securedream.data import DatasetBundle, load_dataset, split_for_config
 from securedream.dreams import DreamLossWeights
-from securedream.dreams.class_share import mixture_logits
+from securedream.dreams.class_share import soft_label_entries
 from securedream.errors import ConfigError
 from securedream.models import build_model, has_batchnorm
 from securedream.rounds.client import CoDreamClient, DistillSettings, LocalTrainingConfig
@@ -238,8 +238,7 @@ class Experiment:
         temperature is the normalised mixture."""
         if not self.cfg.dreams.class_share:
             return snapshots
-        t = self.cfg.distill.temperature
-        return [(x, mixture_logits(s, t)) for x, s in snapshots]
+        return soft_label_entries(snapshots, self.cfg.distill.temperature)
 
     def dream_shape(self) -> tuple[int, int, int, int]:
         s = self.data.image_size

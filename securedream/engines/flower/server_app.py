@@ -39,6 +39,7 @@ from securedream.aggregation.secure import SecureAggregator
 from securedream.comm import CommLedger
 from securedream.config import RunConfig, config_to_dict
 from securedream.diagnostics import Disclosure, add_to_privacy_report
+from securedream.dreams.class_share import soft_label_entries
 from securedream.engines.flower import messages as m
 from securedream.engines.flower.clientside import config_digest, load_node_data, parse_config
 from securedream.engines.flower.supernode import short_object_backoff
@@ -96,9 +97,8 @@ def check_supported(cfg: RunConfig) -> None:
         raise ConfigError(
             "privacy.feature_stats", "feature statistics are not wired into the flower engine yet"
         )
-    for key, on in (("class_share", cfg.dreams.class_share), ("warm_start", cfg.dreams.warm_start)):
-        if on:  # in-process only for now (rounds/experiment.py)
-            raise ConfigError(f"dreams.{key}", "is not wired into the flower engine yet")
+    if cfg.dreams.warm_start:  # in-process only for now (rounds/experiment.py)
+        raise ConfigError("dreams.warm_start", "is not wired into the flower engine yet")
 
 
 class FlowerCoDream:
@@ -259,10 +259,13 @@ class FlowerCoDream:
         seconds["dreaming"] = time.perf_counter() - start
         steps = sorted(snapshot_steps(settings.steps, settings.snapshots))
         ids = [self.cohort.snapshot_id(s) for s in steps]
-        for i, (dreams, soft) in zip(ids, outcome.snapshots, strict=True):
+        snapshots = outcome.snapshots
+        if cfg.dreams.class_share:
+            snapshots = soft_label_entries(snapshots, cfg.distill.temperature)
+        for i, (dreams, soft) in zip(ids, snapshots, strict=True):
             self.buffer.append((i, dreams, soft))
-        self.last_dreams = outcome.snapshots[-1][0]
-        soft = outcome.snapshots[-1][1]
+        self.last_dreams = snapshots[-1][0]
+        soft = snapshots[-1][1]
         if self.disclosure.per_client_metrics:
             report["dream_terms"] = outcome.final_terms
             report["contribution_norms"] = dict(self.cohort.contribution_norms)
