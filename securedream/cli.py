@@ -49,7 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
         "accuracy", help="CoDream vs Independent, FedAvg, Centralized over seeds"
     )
     add_config_arguments(acc, "demo")
-    acc.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds 0..N-1 (default 3)")
+    acc.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        metavar="N",
+        help="N consecutive seeds from --seed (default the config's, 0 in the presets): "
+        "S..S+N-1 (default 3)",
+    )
     acc.add_argument(
         "--alphas",
         metavar="A,B,...",

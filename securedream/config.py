@@ -115,6 +115,12 @@ class DreamsConfig:
     vote_sharpness: float = _spec(
         1.0, low=1.0, high=1000.0, help="votes: distil towards fractions^k, normalised (k >= 1)"
     )
+    class_share: bool = _spec(
+        False,
+        help="weight each client's targeted-dream loss and soft label by its share of the dream's "
+        "class (needs w_target > 0)",
+    )
+    warm_start: bool = _spec(False, help="start each round's dreams from the last round's")
 
 
 @dataclass(frozen=True)
@@ -444,6 +450,7 @@ def _validate_cross_fields(cfg: RunConfig) -> None:
             f"must be in [1, dreams.global_steps={cfg.dreams.global_steps}], "
             f"got {cfg.dreams.snapshots}",
         )
+    _validate_dreams(cfg)
     _validate_sample_level(cfg)
     _validate_public(cfg)
     if cfg.data.dataset in ("mnist", "fashionmnist", "cifar10", "svhn") and not cfg.data.root:
@@ -453,6 +460,21 @@ def _validate_cross_fields(cfg: RunConfig) -> None:
     _validate_diagnostics(cfg)
     _validate_privacy(cfg)
     _validate_fast(cfg)
+
+
+def _validate_dreams(cfg: RunConfig) -> None:
+    """Class-share weighting needs a class per dream, and the per-client path it is built on."""
+    d = cfg.dreams
+    if d.class_share and d.w_target <= 0:
+        raise ConfigError(
+            "dreams.class_share",
+            "needs dreams.w_target > 0 (targeted dreams give each dream a class)",
+        )
+    if d.class_share and d.soft_labels != "logits":
+        raise ConfigError("dreams.class_share", "needs dreams.soft_labels = 'logits'")
+    for key, on in (("class_share", d.class_share), ("warm_start", d.warm_start)):
+        if on and cfg.clients.population:
+            raise ConfigError(f"dreams.{key}", "is not available with clients.population yet")
 
 
 def _validate_population(cfg: RunConfig) -> None:

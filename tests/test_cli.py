@@ -111,6 +111,17 @@ def test_bench_accuracy_sweeps_alphas(tmp_path, capsys) -> None:
     assert rows[0]["accuracy_per_seed"] != rows[1]["accuracy_per_seed"]
 
 
+def test_bench_accuracy_seeds_start_at_seed(tmp_path, capsys) -> None:
+    """--seed S --seeds N runs S..S+N-1: a table on seeds that no preset uses is one command."""
+    argv = ["bench", "accuracy", "--preset", "smoke", "--seed", "3", "--seeds", "2"]
+    code = main([*argv, "--methods", "independent", "--json", "--out", str(tmp_path), *TINY])
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["seed_list"] == [3, 4]
+    saved = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert saved == ["independent-seed3", "independent-seed4"]
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [

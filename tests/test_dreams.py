@@ -151,3 +151,17 @@ def test_dream_gradient_matches_autograd_of_loss() -> None:
     loss, _, _ = dream_loss(client.model, x, weights)
     loss.backward()
     assert torch.allclose(grad, x.grad, atol=1e-6)
+
+
+def test_warm_start_continues_the_last_rounds_dreams() -> None:
+    """dreams.warm_start: round r starts from round r-1's final dreams; otherwise fresh noise."""
+    from securedream.config import resolve_config
+    from securedream.rounds.experiment import Experiment
+
+    for warm in (False, True):
+        overrides = [f"dreams.warm_start={str(warm).lower()}"]
+        exp = Experiment(resolve_config(preset="smoke", overrides=overrides))
+        first = exp.initial_dreams(0)
+        assert torch.equal(first, exp.initial_dreams(0))  # seeded noise before any round
+        exp.last_dreams = torch.full_like(first, 0.5)
+        assert torch.equal(exp.initial_dreams(1), exp.last_dreams) is warm

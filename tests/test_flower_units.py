@@ -189,8 +189,16 @@ def test_tensor_records_round_trip_and_count_bytes() -> None:
             "clients.count=3",
             'clients.models=["cnn-bn"]',
         ),
+        ("dreams.w_target=1", "dreams.class_share=true"),
     ],
-    ids=["plain", "secure", "secure-planned-dropouts", "central-dp", "secure-central-dp"],
+    ids=[
+        "plain",
+        "secure",
+        "secure-planned-dropouts",
+        "central-dp",
+        "secure-central-dp",
+        "class-share",
+    ],
 )
 def test_loopback_run_equals_in_process(tmp_path, monkeypatch, extra) -> None:
     cfg = tiny(*extra)
@@ -200,6 +208,16 @@ def test_loopback_run_equals_in_process(tmp_path, monkeypatch, extra) -> None:
     assert summary["engine"] == "flower"
     for name in ("config.toml", "metrics.jsonl", "summary.json", "accuracy.png", "splits.json"):
         assert (tmp_path / "flower" / name).is_file(), name
+
+
+def test_class_shares_reach_the_data_free_dream_view(tmp_path, monkeypatch) -> None:
+    """Rebuilt per message, a node answers dream requests without its trainer (DreamView): its
+    class shares must still weight them, or the run would differ from in-process."""
+    monkeypatch.setenv(clientside.NO_CACHE_ENV, "1")
+    cfg = tiny("dreams.w_target=1", "dreams.class_share=true")
+    run_experiment(cfg, tmp_path / "inprocess", progress=False)
+    run_loopback(cfg, tmp_path / "flower")
+    _same_run(tmp_path / "inprocess", tmp_path / "flower")
 
 
 def test_nodes_rebuilt_from_context_state_every_message(tmp_path, monkeypatch) -> None:

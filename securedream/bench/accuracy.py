@@ -80,13 +80,14 @@ def run_accuracy_bench(args: argparse.Namespace) -> int:
     for alpha in alphas:
         data = dataclasses.replace(base.data, alpha=alpha)
         for method in methods:
-            accuracies, seconds, comm = [], [], []
+            accuracies, seconds, comm, seed_list = [], [], [], []
             for seed in range(args.seeds):
                 cfg = dataclasses.replace(base, method=method, seed=base.seed + seed, data=data)
                 tag = f"{method}-seed{cfg.seed}" + (f"-alpha{alpha:g}" if len(alphas) > 1 else "")
                 counter.start(f"{method}, alpha {alpha:g}, seed {cfg.seed}")
                 summary = run_experiment(cfg, out_root / tag, progress=not args.quiet)
                 counter.finish()
+                seed_list.append(cfg.seed)
                 accuracies.append(summary["final_mean_accuracy"])
                 seconds.append(summary["timing"]["seconds"])
                 comm.append(summary["bytes_per_client_round"])
@@ -100,6 +101,7 @@ def run_accuracy_bench(args: argparse.Namespace) -> int:
                     "bytes_per_client_round": statistics.fmean(comm),
                     "seconds": statistics.fmean(seconds),
                     "seeds": args.seeds,
+                    "seed_list": seed_list,
                     "preset": args.preset or ("demo" if args.config is None else args.config),
                 }
             )
@@ -116,7 +118,8 @@ def format_table(rows: list[dict[str, Any]], cfg: RunConfig) -> str:
     shown = ", ".join(f"{a:g}" for a in alphas)
     header = (
         f"{cfg.data.dataset}, {cfg.clients.count} clients, split {cfg.data.split} "
-        f"(alpha {shown}), {cfg.rounds} rounds, {rows[0]['seeds']} seeds; "
+        f"(alpha {shown}), {cfg.rounds} rounds, seeds "
+        f"{', '.join(str(s) for s in rows[0]['seed_list'])}; "
         "final-round mean client test accuracy"
     )
     lines = [

@@ -30,10 +30,14 @@ class DreamLossWeights:
     target: float = 0.0  # cross-entropy to public, class-balanced dream labels
 
 
-def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of H(softmax(logits)); minimising it makes dreams confident."""
+def mean_entropy(logits: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the batch of H(softmax(logits)); minimising it makes dreams confident.
+
+    ``weights`` (one per dream) turn the mean into Σ_i w_i H_i / B (class-share weighting).
+    """
     log_p = F.log_softmax(logits, dim=1)
-    return -(log_p.exp() * log_p).sum(dim=1).mean()
+    per_dream = -(log_p.exp() * log_p).sum(dim=1)
+    return per_dream.mean() if weights is None else (weights * per_dream).mean()
 
 
 def balanced_targets(batch_size: int, num_classes: int, device: torch.device) -> torch.Tensor:
@@ -67,12 +71,15 @@ def dream_loss(
     *,
     use_bn: bool = True,
     feature_targets: list[LayerTarget] | None = None,
+    dream_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LossTerms, torch.Tensor]:
     """L_k(x) for one client's model; returns (loss, unweighted terms for logging, logits).
 
     The model must be in eval mode: BatchNorm then normalises with its running statistics, which
     are the targets of the BN term, and dreams never leak into those buffers. ``feature_targets``
     (the client's DP feature statistics) add the same kind of term at GroupNorm inputs.
+    ``dream_weights`` (one per dream, :mod:`securedream.dreams.class_share`) weight the per-dream
+    terms (entropy and target cross-entropy) by how much this client should speak for each dream.
     """
     stats = BatchNormStatistics(model)
     features = (
@@ -86,7 +93,7 @@ def dream_loss(
                 logits = model(x)
         else:
             logits = model(x)
-    entropy = mean_entropy(logits)
+    entropy = mean_entropy(logits, dream_weights)
     tv = total_variation(x)
     l2 = l2_prior(x)
     bn = (
@@ -98,11 +105,13 @@ def dream_loss(
         features.loss().to(x.device) if features is not None else torch.zeros((), device=x.device)
     )
     diversity = batch_marginal_entropy(logits)
-    target = (
-        F.cross_entropy(logits, balanced_targets(len(x), logits.shape[1], x.device))
-        if weights.target > 0
-        else torch.zeros((), device=x.device)
-    )
+    if weights.target > 0:
+        per_dream = F.cross_entropy(
+            logits, balanced_targets(len(x), logits.shape[1], x.device), reduction="none"
+        )
+        target = per_dream.mean() if dream_weights is None else (dream_weights * per_dream).mean()
+    else:
+        target = torch.zeros((), device=x.device)
     loss = (
         weights.entropy * entropy
         + weights.tv * tv

@@ -18,6 +18,7 @@ from torch import nn
 from securedream.compute import DEFAULT as DEFAULT_COMPUTE
 from securedream.compute import ComputeSettings
 from securedream.dreams import DreamLossWeights, dream_loss
+from securedream.dreams.class_share import class_shares, dream_weights, weighted_probabilities
 
 if TYPE_CHECKING:
     from securedream.privacy.feature_stats import FeatureRelease, LayerTarget
@@ -176,7 +177,10 @@ class ModelTrainer:
 
 
 def _client_dream_loss(
-    client: CoDreamClient, x: torch.Tensor, weights: DreamLossWeights
+    client: CoDreamClient,
+    x: torch.Tensor,
+    weights: DreamLossWeights,
+    per_dream: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Mapping[str, float]]:
     """The client's dream objective at ``x``, in its configured precision (a function, not a
     method: the Flower engine's ``DreamView`` borrows the dream methods without the class)."""
@@ -187,6 +191,7 @@ def _client_dream_loss(
             weights,
             use_bn=client.use_bn_term,
             feature_targets=client.feature_targets,
+            dream_weights=per_dream,
         )
     return loss, terms
 
@@ -211,6 +216,16 @@ class CoDreamClient(ModelTrainer):
         self.use_bn_term = use_bn_term
         # this round's feature-statistics targets (privacy.feature_stats); kept by the client only
         self.feature_targets: list[LayerTarget] | None = None
+        # dreams.class_share: this client's smoothed share of each class; never sent anywhere
+        self.class_shares: torch.Tensor | None = None
+
+    def enable_class_share(self, num_classes: int) -> None:
+        """Weight targeted dreams' losses and soft labels by this client's class shares."""
+        self.class_shares = class_shares(self.train_y, num_classes)
+
+    def _dream_weights(self, batch_size: int) -> torch.Tensor | None:
+        shares = self.class_shares
+        return None if shares is None else dream_weights(shares, batch_size, self.device)
 
     def measure_features(
         self, clip: float, noise_multiplier: float, generator: torch.Generator | None
@@ -243,7 +258,7 @@ class CoDreamClient(ModelTrainer):
         """∂L_k/∂x at the broadcast dreams; only the dreams receive gradient."""
         self._frozen_eval()
         x = self.compute.inputs(dreams.detach().to(self.device)).requires_grad_(True)
-        loss, terms = _client_dream_loss(self, x, weights)
+        loss, terms = _client_dream_loss(self, x, weights, self._dream_weights(len(x)))
         (grad,) = torch.autograd.grad(loss, [x])
         return grad.detach().contiguous(), terms
 
@@ -256,8 +271,9 @@ class CoDreamClient(ModelTrainer):
         x = self.compute.inputs(start.clone()).requires_grad_(True)
         optimizer = torch.optim.Adam([x], lr=lr)
         terms: Mapping[str, float] = {}
+        per_dream = self._dream_weights(len(x))
         for _ in range(steps):
-            loss, terms = _client_dream_loss(self, x, weights)
+            loss, terms = _client_dream_loss(self, x, weights, per_dream)
             (grad,) = torch.autograd.grad(loss, [x])
             x.grad = grad
             optimizer.step()
@@ -265,10 +281,13 @@ class CoDreamClient(ModelTrainer):
 
     @torch.no_grad()
     def dream_logits(self, dreams: torch.Tensor) -> torch.Tensor:
+        """Logits on the dreams, or with class shares on the share-weighted probabilities."""
         self._frozen_eval()
         with self.compute.autocast_context(self.device):
             logits = self.model(self.compute.inputs(dreams.to(self.device)))
-        return logits.detach().float()  # what leaves the client is float32 whatever ran inside
+        logits = logits.detach().float()  # float32 leaves the client whatever ran inside
+        shares = self.class_shares
+        return logits if shares is None else weighted_probabilities(logits, shares)
 
     def distill(
         self,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from securedream.diagnostics import Disclosure
+from securedream.dreams.class_share import soft_label_entries
 from securedream.rounds.client import CoDreamClient, DistillSettings
 from securedream.rounds.cohort import Cohort, InProcessCohort
 from securedream.rounds.experiment import Experiment
@@ -107,6 +108,33 @@ class ExperimentCohort(InProcessCohort):
         return {}
 
 
+def initial_dreams(exp: RoundServer, round_index: int) -> torch.Tensor:
+    """This round's starting dreams: with ``dreams.warm_start`` the previous round's final dreams
+    (same targets i mod K); with ``public.dream_init`` public images; else N(0, init_std²) noise."""
+    cfg = exp.cfg
+    if cfg.dreams.warm_start and exp.last_dreams is not None:
+        return exp.last_dreams.detach().clone().to(exp.device)
+    generator = torch_generator(cfg.seed, "dreams", round_index)
+    if cfg.public.dream_init:  # validated: needs public.dataset (refused on Flower)
+        from securedream.data.public import public_dream_init
+
+        public = public_dream_init(exp.public, cfg.dreams.batch_size, exp.num_classes, generator)
+        return public.to(exp.device)
+    init = torch.randn(exp.dream_shape(), generator=generator)
+    return (init * cfg.dreams.init_std).to(exp.device)
+
+
+def buffer_entries(
+    cfg: Any, snapshots: list[tuple[torch.Tensor, torch.Tensor]]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(dreams, soft logits) for the buffer. With ``dreams.class_share`` the aggregate is a sum of
+    share-weighted probabilities, turned into logits whose softmax at the distillation temperature
+    is the normalised mixture."""
+    if not cfg.dreams.class_share:
+        return snapshots
+    return soft_label_entries(snapshots, cfg.distill.temperature)
+
+
 def codream_round(
     exp: RoundServer,
     round_index: int,
@@ -127,20 +155,7 @@ def codream_round(
 
     start = time.perf_counter()
     members = cohort.members()
-    if cfg.public.dream_init:  # validated: needs public.dataset (refused on Flower)
-        from securedream.data.public import public_dream_init
-
-        init = public_dream_init(
-            exp.public,
-            cfg.dreams.batch_size,
-            exp.data.num_classes,
-            torch_generator(cfg.seed, "dreams", round_index),
-        ).to(exp.device)
-    else:
-        init = torch.randn(
-            exp.dream_shape(), generator=torch_generator(cfg.seed, "dreams", round_index)
-        )
-        init = (init * cfg.dreams.init_std).to(exp.device)
+    init = initial_dreams(exp, round_index)
     settings = exp.dreaming_settings(round_index)
     cohort.aggregator.start_round(round_index, members)
     try:
@@ -157,9 +172,10 @@ def codream_round(
     finally:
         cohort.aggregator.end_round()
     seconds["dreaming"] = time.perf_counter() - start
-    exp.buffer.extend(outcome.snapshots)
-    exp.last_dreams = outcome.snapshots[-1][0]
-    soft = outcome.snapshots[-1][1]
+    snapshots = buffer_entries(cfg, outcome.snapshots)
+    exp.buffer.extend(snapshots)
+    exp.last_dreams = snapshots[-1][0]
+    soft = snapshots[-1][1]
     if Disclosure.of(cfg).per_client_metrics:  # else the loop did not collect them
         report["dream_terms"] = outcome.final_terms
         report["contribution_norms"] = outcome.contribution_norms

@@ -146,6 +146,8 @@ class Experiment:
             if not has_batchnorm(model):
                 without_bn.append(f"client {k} ({name})")
             clients.append(self._client(k, model, shard.indices))
+            if cfg.method == "codream" and cfg.dreams.class_share:
+                clients[-1].enable_class_share(self.data.num_classes)
         if without_bn and cfg.method in ("codream", "codream-fast") and cfg.dreams.w_bn > 0:
             warnings.warn(
                 "no BatchNorm layers, so no BN-statistics dream term for: " + ", ".join(without_bn),

@@ -48,6 +48,7 @@ from securedream.config import RunConfig, config_from_dict
 from securedream.contribution import encode_contribution, rounding_stream
 from securedream.data import DatasetBundle, load_dataset, split_for_config
 from securedream.diagnostics import Disclosure
+from securedream.dreams.class_share import class_shares
 from securedream.engines.flower import messages as m
 from securedream.errors import ConfigError, SecureDreamError
 from securedream.models import build_model
@@ -160,7 +161,7 @@ def _ids(text: str) -> list[str]:
 
 
 class DreamView:
-    """Just what ``CoDreamClient``'s dream methods use (model, device, BN switch).
+    """Just what ``CoDreamClient``'s dream methods use (model, device, BN switch, class shares).
 
     Dream requests are most of a round's messages; answering them needs the model but not the
     data or the optimiser, whose construction costs seconds in a fresh process. The methods are
@@ -168,6 +169,7 @@ class DreamView:
     """
 
     _frozen_eval = CoDreamClient._frozen_eval
+    _dream_weights = CoDreamClient._dream_weights
     dream_gradient = CoDreamClient.dream_gradient
     dream_delta = CoDreamClient.dream_delta
     dream_logits = CoDreamClient.dream_logits
@@ -180,6 +182,7 @@ class DreamView:
         self.device = device
         self.use_bn_term = True
         self.feature_targets = None  # feature statistics are refused on the flower engine
+        self.class_shares: torch.Tensor | None = None  # dreams.class_share: set by the node
 
 
 class NodeRuntime:
@@ -299,8 +302,20 @@ class NodeRuntime:
             )
             if self._saved_optim is not None:
                 _load_optim_state(trainer.optimizer, self._saved_optim)
+            if cfg.dreams.class_share:
+                trainer.enable_class_share(data.num_classes)
             self._trainer = trainer
         return self._trainer
+
+    def _dream_view(self) -> DreamView:
+        """The data-free dream answerer; with ``dreams.class_share`` it carries this client's class
+        shares (from its shard's labels, computed here and never sent)."""
+        view = DreamView(self.model, self.device, ComputeSettings.from_config(self.cfg))
+        if self.cfg.dreams.class_share:
+            data = self._data()
+            indices = torch.as_tensor(_splits(self.config_text, self.data_root)[self.k])
+            view.class_shares = class_shares(data.train_y[indices], data.num_classes)
+        return view
 
     # --- persistence in Context.state ---------------------------------------------------------
     @classmethod
@@ -528,9 +543,7 @@ class NodeRuntime:
             if replies:
                 raise SecureDreamError(f"client {self.k}: unexpected protocol replies")
         terms: dict[str, float] = {}
-        view = self._trainer or DreamView(
-            self.model, self.device, ComputeSettings.from_config(self.cfg)
-        )
+        view = self._trainer or self._dream_view()
         if kind == m.GRADIENT:
             value, terms = view.dream_gradient(dreams, m.weights_from_config(cfg))
         elif kind == m.DELTA:

@@ -74,6 +74,8 @@ def check_supported(cfg: RunConfig) -> None:
         )
     if cfg.public.dataset != "none":
         raise ConfigError("public.dataset", "public data is not wired into the flower engine yet")
+    if cfg.dreams.warm_start:  # in-process only for now (rounds/experiment.py)
+        raise ConfigError("dreams.warm_start", "is not wired into the flower engine yet")
 
 
 class FlowerCoDream:
