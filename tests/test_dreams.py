@@ -156,12 +156,13 @@ def test_dream_gradient_matches_autograd_of_loss() -> None:
 def test_warm_start_continues_the_last_rounds_dreams() -> None:
     """dreams.warm_start: round r starts from round r-1's final dreams; otherwise fresh noise."""
     from securedream.config import resolve_config
+    from securedream.rounds.codream import initial_dreams
     from securedream.rounds.experiment import Experiment
 
     for warm in (False, True):
         overrides = [f"dreams.warm_start={str(warm).lower()}"]
         exp = Experiment(resolve_config(preset="smoke", overrides=overrides))
-        first = exp.initial_dreams(0)
-        assert torch.equal(first, exp.initial_dreams(0))  # seeded noise before any round
+        first = initial_dreams(exp, 0)
+        assert torch.equal(first, initial_dreams(exp, 0))  # seeded noise before any round
         exp.last_dreams = torch.full_like(first, 0.5)
-        assert torch.equal(exp.initial_dreams(1), exp.last_dreams) is warm
+        assert torch.equal(initial_dreams(exp, 1), exp.last_dreams) is warm
