@@ -8,13 +8,14 @@ kept outside both packages so neither imports the other for it.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Self
 
 import torch
 from torch import nn
 
 
-class LayerHooks:
+class LayerHooks(ABC):
     """Hooks on ``self.layers`` that exist only inside ``with``; entering clears the last record.
 
     Subclasses say which hook they register (forward or pre-forward) and what it records; the
@@ -24,9 +25,11 @@ class LayerHooks:
     layers: list[nn.Module]
     _handles: list[torch.utils.hooks.RemovableHandle]
 
+    @abstractmethod
     def _register(self, layer: nn.Module) -> torch.utils.hooks.RemovableHandle:
-        raise NotImplementedError
+        """Register this subclass's hook on ``layer``."""
 
+    @abstractmethod
     def _clear(self) -> None:
         """Forget what the previous pass recorded."""
 

@@ -216,8 +216,10 @@ def test_class_shares_reach_the_data_free_dream_view(tmp_path, monkeypatch) -> N
     monkeypatch.setenv(clientside.NO_CACHE_ENV, "1")
     cfg = tiny("dreams.w_target=1", "dreams.class_share=true")
     run_experiment(cfg, tmp_path / "inprocess", progress=False)
-    run_loopback(cfg, tmp_path / "flower")
+    summary, _ = run_loopback(cfg, tmp_path / "flower")
     _same_run(tmp_path / "inprocess", tmp_path / "flower")
+    inprocess = RunFolder(tmp_path / "inprocess").read_metrics()
+    assert summary["final_client_accuracy"] == inprocess[-1]["client_accuracy"]
 
 
 def test_nodes_rebuilt_from_context_state_every_message(tmp_path, monkeypatch) -> None:

@@ -72,7 +72,9 @@ def _same(a: list[tuple], b: list[tuple]) -> None:
 
 
 def test_pipelined_equals_serial_without_dropouts() -> None:
-    _same(_run(True, 4, rounds=3, steps=4), _run(False, 4, rounds=3, steps=4))
+    pipelined = _run(True, 4, rounds=3, steps=4)
+    _same(pipelined, _run(False, 4, rounds=3, steps=4))
+    assert pipelined and all(len(x[3]) == 4 for x in pipelined)  # every client in every sum
 
 
 def test_pipelined_equals_serial_with_planned_dropouts() -> None:
